@@ -152,7 +152,9 @@ type Bus interface {
 	Close() error
 }
 
-// PublishResult counts what the broker did with a publish.
+// PublishResult counts what the broker did with a publish: Published
+// messages were stored, Duplicates were dropped as already seen; the two add
+// up to the number of messages passed.
 type PublishResult struct {
 	Published  int
 	Duplicates int
