@@ -76,6 +76,9 @@ type BusConfig struct {
 	// Driver is nats.
 	Driver string     `koanf:"driver"`
 	NATS   NATSConfig `koanf:"nats"`
+	// TopicPrefix is put in front of every topic name, so several
+	// environments can share one broker.
+	TopicPrefix string `koanf:"topic_prefix"`
 	// DuplicateWindow is how long the broker drops repeated MessageIDs.
 	DuplicateWindow time.Duration `koanf:"duplicate_window"`
 	// LockDuration is the peek-lock duration of a delivered message.

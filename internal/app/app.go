@@ -1,0 +1,198 @@
+// Package app assembles the adapters a Config names (stores, catalog, bus,
+// CIS client) and runs the jobs on them. It is the only place that knows
+// every adapter; the jobs in pump see only the ports.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/bus/jetstream"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/catalog/yamlfile"
+	"github.com/datapump/datapump/internal/cis"
+	"github.com/datapump/datapump/internal/config"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/pump"
+	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/postgres"
+	"github.com/datapump/datapump/internal/store/sqlite"
+)
+
+// App holds the open adapters of one configuration.
+type App struct {
+	Config  config.Config
+	Logger  *slog.Logger
+	Items   *items.Registry
+	Shards  map[string]store.Store
+	Catalog catalog.Catalog
+	Leaser  store.Leaser
+	Bus     bus.Bus
+	CIS     *cis.Client
+
+	closers []func() error
+}
+
+// Open opens every database and the catalog. The bus is opened by OpenBus,
+// since migrate and the operator commands do not need it.
+func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, error) {
+	reg, err := cfg.Registry()
+	if err != nil {
+		return nil, fmt.Errorf("item types: %w", err)
+	}
+	a := &App{Config: cfg, Logger: logger, Items: reg, Shards: map[string]store.Store{}}
+	for _, sc := range cfg.Shards {
+		st, err := openStore(ctx, sc.Driver, sc.DSN, sc.MaxConns, reg.Sources(), logger.With("shard", sc.Name))
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("open shard %s: %w", sc.Name, err)
+		}
+		a.Shards[sc.Name] = st
+		a.closers = append(a.closers, st.Close)
+	}
+	switch cfg.Catalog.Driver {
+	case config.DriverYAML:
+		c, err := yamlfile.Load(cfg.Catalog.File)
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("open catalog: %w", err)
+		}
+		a.Catalog = c
+		// The lease lives in the first shard when the catalog is a file.
+		a.Leaser = a.Shards[cfg.Shards[0].Name].(store.Leaser)
+	default:
+		st, err := openStore(ctx, cfg.Catalog.Driver, cfg.Catalog.DSN, 4, nil, logger.With("db", "catalog"))
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("open catalog: %w", err)
+		}
+		a.closers = append(a.closers, st.Close)
+		a.Catalog = st.(catalog.Catalog)
+		a.Leaser = st.(store.Leaser)
+	}
+	return a, nil
+}
+
+// openStore opens a database; nil sources is a catalog-only database.
+func openStore(ctx context.Context, driver, dsn string, maxConns int, sources []store.Source, logger *slog.Logger) (store.Store, error) {
+	switch driver {
+	case config.DriverSQLite:
+		return sqlite.Open(ctx, sqlite.Config{Path: dsn, Sources: sources, Logger: logger})
+	case config.DriverPostgres:
+		return postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(maxConns), Sources: sources, Logger: logger})
+	}
+	return nil, fmt.Errorf("unknown driver %q", driver)
+}
+
+// Migrate creates or upgrades the pump's tables in every shard and the
+// catalog database. Source tables are never touched.
+func (a *App) Migrate(ctx context.Context) error {
+	for name, st := range a.Shards {
+		if err := st.Migrate(ctx); err != nil {
+			return fmt.Errorf("migrate shard %s: %w", name, err)
+		}
+	}
+	if m, ok := a.Catalog.(interface{ Migrate(context.Context) error }); ok {
+		if err := m.Migrate(ctx); err != nil {
+			return fmt.Errorf("migrate catalog: %w", err)
+		}
+	}
+	return nil
+}
+
+// OpenBus connects to the broker and the CIS client.
+func (a *App) OpenBus(ctx context.Context) error {
+	b, err := jetstream.Open(ctx, jetstream.Config{
+		URL: a.Config.Bus.NATS.URL,
+		Embedded: jetstream.EmbeddedConfig{
+			StoreDir:   a.Config.Bus.NATS.Embedded.StoreDir,
+			SyncAlways: a.Config.Bus.NATS.Embedded.SyncAlways,
+			Listen:     a.Config.Bus.NATS.Embedded.Listen,
+			Host:       a.Config.Bus.NATS.Embedded.Host,
+			Port:       a.Config.Bus.NATS.Embedded.Port,
+		},
+		Logger:      a.Logger,
+		ConnectName: "datapump-" + a.Config.Owner,
+	})
+	if err != nil {
+		return fmt.Errorf("open bus: %w", err)
+	}
+	a.Bus = bus.WithTopicPrefix(b, a.Config.Bus.TopicPrefix)
+	a.closers = append(a.closers, b.Close)
+	c := a.Config.CIS
+	client, err := cis.New(cis.Config{
+		DefaultTimeout: c.Timeout, Retries: c.Retries, BackoffInitial: c.BackoffInitial, BackoffMax: c.BackoffMax,
+		DefaultRatePerSecond: c.RatePerSecond, DefaultMaxConcurrent: c.MaxConcurrent,
+		BreakerFailures: c.BreakerFailures, BreakerOpenFor: c.BreakerOpenFor, Logger: a.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("cis client: %w", err)
+	}
+	a.CIS = client
+	return nil
+}
+
+// Provision creates the topics and subscriptions every job uses; idempotent.
+func (a *App) Provision(ctx context.Context) error {
+	topics := []string{items.BillerTopic}
+	subs := []bus.SubscriptionSpec{{Topic: items.BillerTopic, Name: pump.BillerSubscription}}
+	for _, t := range a.Items.Types() {
+		topics = append(topics, t.Topic)
+		subs = append(subs, bus.SubscriptionSpec{Topic: t.Topic, Name: pump.ItemSubscription})
+	}
+	for _, t := range topics {
+		if err := a.Bus.EnsureTopic(ctx, bus.TopicSpec{Name: t, DuplicateWindow: a.Config.Bus.DuplicateWindow}); err != nil {
+			return fmt.Errorf("provision topic %s: %w", t, err)
+		}
+	}
+	for _, s := range subs {
+		s.LockDuration = a.Config.Bus.LockDuration
+		s.MaxDeliveries = a.Config.Bus.MaxDeliveries
+		if err := a.Bus.EnsureSubscription(ctx, s); err != nil {
+			return fmt.Errorf("provision subscription %s/%s: %w", s.Topic, s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Deps returns the ports the jobs work through.
+func (a *App) Deps(events pump.Events) *pump.Deps {
+	var sender pump.CISSender
+	if a.CIS != nil {
+		sender = a.CIS
+	}
+	return &pump.Deps{
+		Catalog: a.Catalog, Shards: a.Shards, Leaser: a.Leaser, Bus: a.Bus, Items: a.Items,
+		CIS: sender, Logger: a.Logger, Now: time.Now, Events: events,
+	}
+}
+
+// Ping checks every database and the bus.
+func (a *App) Ping(ctx context.Context) error {
+	var errs []error
+	for name, st := range a.Shards {
+		if err := st.Ping(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shard %s: %w", name, err))
+		}
+	}
+	if a.Bus != nil {
+		if err := a.Bus.Ping(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("bus: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close closes everything Open and OpenBus opened, in reverse order.
+func (a *App) Close() error {
+	var errs []error
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		errs = append(errs, a.closers[i]())
+	}
+	a.closers = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,145 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/pump"
+	"github.com/datapump/datapump/internal/service"
+)
+
+// Job names for `datapump run --jobs`.
+const (
+	JobPublisher      = "publisher"
+	JobBillerConsumer = "biller-consumer"
+	JobItemConsumer   = "item-consumer"
+)
+
+// AllJobs lists every job.
+var AllJobs = []string{JobPublisher, JobBillerConsumer, JobItemConsumer}
+
+// ParseJobs parses a comma-separated job list.
+func ParseJobs(s string) ([]string, error) {
+	var jobs []string
+	for _, j := range strings.Split(s, ",") {
+		j = strings.TrimSpace(j)
+		if j == "" {
+			continue
+		}
+		if !slices.Contains(AllJobs, j) {
+			return nil, fmt.Errorf("unknown job %q (want %s)", j, strings.Join(AllJobs, ", "))
+		}
+		if !slices.Contains(jobs, j) {
+			jobs = append(jobs, j)
+		}
+	}
+	if len(jobs) == 0 {
+		return nil, errors.New("no job given")
+	}
+	return jobs, nil
+}
+
+// Runner runs the chosen jobs until Stop.
+type Runner struct {
+	app       *App
+	jobs      []string
+	events    pump.Events
+	publisher *pump.Publisher
+	loops     []*service.Loop
+}
+
+// NewRunner builds the jobs. The bus must be open.
+func (a *App) NewRunner(jobs []string, events pump.Events) (*Runner, error) {
+	r := &Runner{app: a, jobs: jobs, events: events}
+	return r, nil
+}
+
+// Start provisions the topics and subscriptions and starts every job.
+func (r *Runner) Start(ctx context.Context) error {
+	a := r.app
+	if err := a.Provision(ctx); err != nil {
+		return err
+	}
+	deps := a.Deps(r.events)
+	cfg := a.Config
+	catalogTTL := cfg.Publisher.Interval
+	if slices.Contains(r.jobs, JobPublisher) {
+		p, err := pump.NewPublisher(deps, pump.PublisherConfig{
+			Owner: cfg.Owner, Interval: cfg.Publisher.Interval, LeaseTTL: cfg.Publisher.LeaseTTL,
+			StuckAfter: cfg.Publisher.StuckAfter, RescueBatch: cfg.Publisher.RescueBatch,
+		})
+		if err != nil {
+			return err
+		}
+		if err := p.Start(ctx); err != nil {
+			return err
+		}
+		r.publisher = p
+	}
+	renew := cfg.Bus.LockDuration / 3
+	if slices.Contains(r.jobs, JobBillerConsumer) {
+		bc, err := pump.NewBillerConsumer(deps, pump.BillerConsumerConfig{
+			Owner: cfg.Owner, Batch: cfg.BillerConsumer.Batch, MaxItemsPerMessage: cfg.BillerConsumer.MaxItemsPerMessage,
+			TimeBudget: cfg.BillerConsumer.TimeBudget, RetryDelay: cfg.BillerConsumer.RetryDelay, CatalogTTL: catalogTTL,
+		})
+		if err != nil {
+			return err
+		}
+		if err := r.receive(ctx, bc.Topic(), pump.BillerSubscription, bus.ReceiveOptions{Concurrency: cfg.BillerConsumer.Concurrency, RenewEvery: renew}, bc.Handle); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(r.jobs, JobItemConsumer) {
+		for _, t := range a.Items.Types() {
+			ic, err := pump.NewItemConsumer(deps, t, pump.ItemConsumerConfig{
+				Owner: cfg.Owner, Lease: cfg.ItemConsumer.Lease, MaxAttempts: cfg.ItemConsumer.MaxAttempts,
+				RetryInitial: cfg.ItemConsumer.RetryInitial, RetryMax: cfg.ItemConsumer.RetryMax, CatalogTTL: catalogTTL,
+			})
+			if err != nil {
+				return err
+			}
+			if err := r.receive(ctx, ic.Topic(), pump.ItemSubscription, bus.ReceiveOptions{Concurrency: cfg.ItemConsumer.Concurrency, RenewEvery: renew}, ic.Handle); err != nil {
+				return err
+			}
+		}
+	}
+	a.Logger.Info("jobs started", "jobs", strings.Join(r.jobs, ","), "owner", cfg.Owner)
+	return nil
+}
+
+func (r *Runner) receive(ctx context.Context, topic, sub string, opts bus.ReceiveOptions, h bus.Handler) error {
+	l := &service.Loop{}
+	r.loops = append(r.loops, l)
+	return l.Start(ctx, func(ctx context.Context) error {
+		for {
+			err := r.app.Bus.Receive(ctx, topic, sub, opts, h)
+			if ctx.Err() != nil {
+				return nil
+			}
+			r.app.Logger.Error("receive loop ended; restarting", "topic", topic, "subscription", sub, "error", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
+	})
+}
+
+// Stop stops taking messages, lets in-flight handlers finish, and stops
+// the publisher (releasing its lease).
+func (r *Runner) Stop() error {
+	var errs []error
+	if r.publisher != nil {
+		errs = append(errs, r.publisher.Stop())
+	}
+	for _, l := range r.loops {
+		errs = append(errs, l.Stop())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,155 @@
+package pump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/store"
+)
+
+// BillerConsumerConfig tunes the biller consumer.
+type BillerConsumerConfig struct {
+	// Owner names this replica on the control records it claims.
+	Owner string
+	// Batch is how many items one claim takes.
+	Batch int
+	// MaxItemsPerMessage bounds the items one biller message moves, so one
+	// biller's backlog cannot starve the others (the rest goes with the next
+	// announcement).
+	MaxItemsPerMessage int
+	// TimeBudget bounds the time spent on one biller message.
+	TimeBudget time.Duration
+	// RetryDelay is how long a message waits before redelivery after a failure.
+	RetryDelay time.Duration
+	// CatalogTTL is how long a biller read from the catalog is trusted.
+	CatalogTTL time.Duration
+}
+
+// BillerConsumer moves a biller's pending items onto their item topics.
+type BillerConsumer struct {
+	deps    *Deps
+	cfg     BillerConsumerConfig
+	billers *billerCache
+}
+
+// NewBillerConsumer checks its dependencies and returns a biller consumer.
+func NewBillerConsumer(deps *Deps, cfg BillerConsumerConfig) (*BillerConsumer, error) {
+	if err := deps.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Owner == "" || cfg.Batch <= 0 || cfg.MaxItemsPerMessage < cfg.Batch || cfg.TimeBudget <= 0 {
+		return nil, fmt.Errorf("pump: invalid biller consumer config %+v", cfg)
+	}
+	return &BillerConsumer{deps: deps, cfg: cfg, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now)}, nil
+}
+
+// Handle processes one biller message and settles it.
+func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
+	m, err := DecodeBillerMessage(d.Body)
+	if err != nil {
+		deadLetter(ctx, c.deps, d, ReasonInvalidMessage, err)
+		return
+	}
+	log := c.deps.Logger.With("biller", m.BillerID, "message_id", d.ID)
+	b, err := c.billers.get(ctx, m.BillerID)
+	switch {
+	case errors.Is(err, catalog.ErrBillerNotFound):
+		deadLetter(ctx, c.deps, d, ReasonUnknownBiller, err)
+		return
+	case err != nil:
+		log.Warn("read biller", "error", err)
+		abandon(ctx, c.deps, d, c.cfg.RetryDelay)
+		return
+	}
+	if b.Mode != catalog.ModePoll {
+		log.Info("biller is not in poll mode; ignoring announcement", "mode", b.Mode)
+		complete(ctx, c.deps, d)
+		return
+	}
+	st, err := c.deps.shard(b.Shard)
+	if err != nil {
+		deadLetter(ctx, c.deps, d, ReasonUnknownShard, err)
+		return
+	}
+	moved, err := c.drain(ctx, d, b, st)
+	if err != nil {
+		log.Warn("biller batch failed; claimed items stay Fetched for the rescuer", "error", err, "moved", moved)
+		abandon(ctx, c.deps, d, c.cfg.RetryDelay)
+		return
+	}
+	log.Debug("biller drained", "moved", moved)
+	complete(ctx, c.deps, d)
+}
+
+// drain claims and publishes batches until nothing is pending, the per
+// message bound is reached, or the time budget is spent.
+func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.Biller, st store.Store) (int, error) {
+	deadline := c.deps.Now().Add(c.cfg.TimeBudget)
+	moved := 0
+	for moved < c.cfg.MaxItemsPerMessage && c.deps.Now().Before(deadline) {
+		if err := ctx.Err(); err != nil {
+			return moved, err
+		}
+		limit := min(c.cfg.Batch, c.cfg.MaxItemsPerMessage-moved)
+		claimed, err := st.ControlClaimPending(ctx, store.ControlClaimPendingParams{
+			BillerID: b.ID, CutoverAt: b.CutoverAt, Limit: limit, Owner: c.cfg.Owner,
+		})
+		if err != nil {
+			return moved, fmt.Errorf("claim pending items: %w", err)
+		}
+		if len(claimed) == 0 {
+			return moved, nil
+		}
+		if err := c.publish(ctx, b, claimed); err != nil {
+			return moved, err
+		}
+		fenced := make([]store.Fenced, len(claimed))
+		for i, cl := range claimed {
+			fenced[i] = store.Fenced{ItemKey: cl.ItemKey, Version: cl.Version}
+		}
+		// Conditional: rows an item consumer already took (Fetched → Processing) stay as they are.
+		n, err := st.ControlMarkQueued(ctx, fenced)
+		if err != nil {
+			return moved, fmt.Errorf("mark items queued: %w", err)
+		}
+		moved += len(claimed)
+		c.deps.Events.ItemsQueued(b.ID, n)
+		if err := d.RenewLock(ctx); err != nil {
+			return moved, fmt.Errorf("renew biller message lock: %w", err)
+		}
+		if len(claimed) < limit {
+			return moved, nil
+		}
+	}
+	return moved, nil
+}
+
+func (c *BillerConsumer) publish(ctx context.Context, b catalog.Biller, claimed []store.Claimed) error {
+	byTopic := map[string][]bus.Message{}
+	for _, cl := range claimed {
+		typ, err := c.deps.Items.Get(cl.ItemType)
+		if err != nil {
+			return err
+		}
+		ref := ItemRef{Shard: b.Shard, BillerID: b.ID, ItemKey: cl.ItemKey}
+		m, err := EncodeItemMessage(itemMessageFor(ref, OriginPoll, cl.SourceCreatedAt), ref.MessageID())
+		if err != nil {
+			return err
+		}
+		byTopic[typ.Topic] = append(byTopic[typ.Topic], m)
+	}
+	for _, topic := range sortedKeys(byTopic) {
+		if _, err := c.deps.Bus.Publish(ctx, topic, byTopic[topic]...); err != nil {
+			return fmt.Errorf("publish items to %s: %w", topic, err)
+		}
+	}
+	return nil
+}
+
+// Topic is the topic the biller consumer subscribes to.
+func (c *BillerConsumer) Topic() string { return items.BillerTopic }

@@ -1,0 +1,268 @@
+package pump
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/cis"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/store"
+)
+
+// ItemConsumerConfig tunes an item consumer.
+type ItemConsumerConfig struct {
+	// Owner names this replica on the items it claims.
+	Owner string
+	// Lease is how long a Processing claim lasts; the work on one item
+	// (enrichment and CIS, with its in-call retries) is cut off well before it.
+	Lease time.Duration
+	// MaxAttempts is how many processing attempts an item gets before it is Failed.
+	MaxAttempts int
+	// RetryInitial and RetryMax bound the exponential backoff (with jitter)
+	// between attempts; the item waits in Queued while others go on.
+	RetryInitial time.Duration
+	RetryMax     time.Duration
+	// CatalogTTL is how long a biller read from the catalog is trusted.
+	CatalogTTL time.Duration
+}
+
+// ItemConsumer delivers items of one item type to the billers' CIS.
+type ItemConsumer struct {
+	deps    *Deps
+	cfg     ItemConsumerConfig
+	typ     items.Type
+	billers *billerCache
+}
+
+// NewItemConsumer returns the consumer for one item type.
+func NewItemConsumer(deps *Deps, typ items.Type, cfg ItemConsumerConfig) (*ItemConsumer, error) {
+	if err := deps.validate(); err != nil {
+		return nil, err
+	}
+	if deps.CIS == nil {
+		return nil, errors.New("pump: item consumer needs a CIS client")
+	}
+	if cfg.Owner == "" || cfg.Lease <= 0 || cfg.MaxAttempts <= 0 || cfg.RetryInitial <= 0 || cfg.RetryMax < cfg.RetryInitial {
+		return nil, fmt.Errorf("pump: invalid item consumer config %+v", cfg)
+	}
+	return &ItemConsumer{deps: deps, cfg: cfg, typ: typ, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now)}, nil
+}
+
+// Topic is the topic this consumer subscribes to.
+func (c *ItemConsumer) Topic() string { return c.typ.Topic }
+
+// Handle processes one item message and settles it.
+func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
+	m, err := DecodeItemMessage(d.Body)
+	if err != nil {
+		deadLetter(ctx, c.deps, d, ReasonInvalidMessage, err)
+		return
+	}
+	if m.ItemType != c.typ.Name {
+		reason := fmt.Errorf("item type %q on topic %s, which carries %q", m.ItemType, c.typ.Topic, c.typ.Name)
+		if _, err := c.deps.Items.Get(m.ItemType); err != nil {
+			reason = err
+		}
+		deadLetter(ctx, c.deps, d, ReasonUnknownItemType, reason)
+		return
+	}
+	ref := ItemRef{Shard: m.Shard, BillerID: m.BillerID, ItemKey: store.ItemKey{ItemType: m.ItemType, ItemID: m.ItemID}}
+	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
+
+	st, err := c.deps.shard(m.Shard)
+	if err != nil {
+		deadLetter(ctx, c.deps, d, ReasonUnknownShard, err)
+		return
+	}
+	b, err := c.billers.get(ctx, m.BillerID)
+	switch {
+	case errors.Is(err, catalog.ErrBillerNotFound):
+		deadLetter(ctx, c.deps, d, ReasonUnknownBiller, err)
+		return
+	case err != nil:
+		log.Warn("read biller", "error", err)
+		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
+		return
+	}
+	if b.Shard != m.Shard {
+		deadLetter(ctx, c.deps, d, ReasonUnknownShard, fmt.Errorf("biller %s lives on shard %s, not %s", b.ID, b.Shard, m.Shard))
+		return
+	}
+	if b.Mode == catalog.ModeOff {
+		// The old pump owns the biller now: leave it what we had not started.
+		if _, err := st.ControlSkip(ctx, ref.ItemKey, "biller switched off"); err != nil {
+			log.Warn("skip item of off biller", "error", err)
+			abandon(ctx, c.deps, d, c.cfg.RetryInitial)
+			return
+		}
+		log.Info("biller is off; item skipped")
+		complete(ctx, c.deps, d)
+		return
+	}
+
+	claim, err := st.ControlClaimItem(ctx, store.ControlClaimItemParams{
+		Key: ref.ItemKey, BillerID: ref.BillerID, Owner: c.cfg.Owner, Lease: c.cfg.Lease,
+		InsertIfAbsent: true, Origin: claimOrigin(m.Origin),
+	})
+	if err != nil {
+		// Includes a direct message whose source row is not visible yet:
+		// wait; once it commits the item is found either way.
+		log.Warn("claim item", "error", err)
+		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
+		return
+	}
+	switch claim.Outcome {
+	case store.ClaimAcquired:
+		c.process(ctx, d, ref, b, claim.Control)
+	case store.ClaimNotYet:
+		now, err := st.Now(ctx)
+		delay := c.cfg.RetryInitial
+		if err == nil && claim.RetryAt.After(now) {
+			delay = claim.RetryAt.Sub(now)
+		}
+		abandon(ctx, c.deps, d, delay)
+	default:
+		// Done (a duplicate or late message), Busy (another worker holds a
+		// live lease; the rescuer covers it if that worker dies) or Absent
+		// (a New record the publisher will announce): nothing to do here.
+		log.Debug("item not claimable; message completed", "outcome", claim.Outcome.String(), "status", claim.Control.Status)
+		complete(ctx, c.deps, d)
+	}
+}
+
+func claimOrigin(messageOrigin string) string {
+	if messageOrigin == OriginDirect {
+		return OriginDirect
+	}
+	return OriginPoll
+}
+
+// process works one claimed item. Every store update names the claim's
+// version, so a worker whose lease was taken over changes nothing.
+func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef, b catalog.Biller, ctl store.Control) {
+	st := c.deps.Shards[ref.Shard]
+	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
+	fence := store.Fenced{ItemKey: ref.ItemKey, Version: ctl.Version}
+
+	// Finish well inside the lease, so nobody else can have taken the item;
+	// a shutdown lets the work in flight finish rather than cut a CIS call
+	// short (which would send the item again later).
+	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Lease*3/4)
+	err := c.deliver(workCtx, ref, b)
+	cancel()
+
+	// Settle with a context that survives shutdown: the CIS call happened.
+	settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancelSettle()
+	switch {
+	case err == nil:
+		ok, ferr := st.ControlFinish(settleCtx, store.ControlFinishParams{Fenced: fence, Status: store.StatusProcessed})
+		if ferr != nil {
+			// The CIS has the item; leave the message so a redelivery retries
+			// the update (the CIS sees the same Idempotency-Key again).
+			log.Error("mark processed", "error", ferr)
+			abandon(settleCtx, c.deps, d, c.cfg.RetryInitial)
+			return
+		}
+		if !ok {
+			log.Warn("lease lost before marking processed; the new holder finishes the item")
+		} else {
+			c.deps.Events.ItemDelivered(ref)
+		}
+		complete(settleCtx, c.deps, d)
+	case isPermanent(err) || ctl.Attempts+1 >= c.cfg.MaxAttempts:
+		c.fail(settleCtx, d, ref, fence, err)
+	default:
+		retryIn := c.backoff(ctl.Attempts + 1)
+		ok, rerr := st.ControlRelease(settleCtx, store.ControlReleaseParams{Fenced: fence, Error: err.Error(), RetryIn: retryIn})
+		if rerr != nil {
+			log.Error("release item for retry", "error", rerr)
+		} else if !ok {
+			log.Warn("lease lost before release")
+		}
+		log.Warn("item delivery failed; will retry", "error", err, "attempt", ctl.Attempts+1, "retry_in", retryIn)
+		c.deps.Events.ItemRetried(ref, err)
+		abandon(settleCtx, c.deps, d, retryIn)
+	}
+}
+
+func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, fence store.Fenced, cause error) {
+	st := c.deps.Shards[ref.Shard]
+	ok, err := st.ControlFinish(ctx, store.ControlFinishParams{Fenced: fence, Status: store.StatusFailed, Error: cause.Error()})
+	if err != nil {
+		c.deps.Logger.Error("mark failed", "item", ref.ItemKey.String(), "error", err)
+		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
+		return
+	}
+	if !ok {
+		c.deps.Logger.Warn("lease lost before marking failed", "item", ref.ItemKey.String())
+		complete(ctx, c.deps, d)
+		return
+	}
+	c.deps.Events.ItemFailed(ref, cause)
+	deadLetter(ctx, c.deps, d, ReasonItemFailed, cause)
+}
+
+// permanentError marks failures that no retry can fix (bad data, a CIS rejection).
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+func isPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p) || cis.IsPermanent(err)
+}
+
+// deliver enriches the item, maps it and sends it to the biller's CIS.
+func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Biller) error {
+	st := c.deps.Shards[ref.Shard]
+	row, err := st.ItemEnrich(ctx, ref.ItemKey)
+	if err != nil {
+		if errors.Is(err, store.ErrRelatedMissing) || errors.Is(err, store.ErrNotFound) {
+			return permanentError{fmt.Errorf("enrich %s: %w", ref.ItemKey, err)}
+		}
+		return fmt.Errorf("enrich %s: %w", ref.ItemKey, err)
+	}
+	payload, err := c.typ.Map(row)
+	if err != nil {
+		return permanentError{fmt.Errorf("map %s: invalid data: %w", ref.ItemKey, err)}
+	}
+	body, err := json.Marshal(payload)
+	if err != nil {
+		return permanentError{fmt.Errorf("encode %s payload: %w", ref.ItemKey, err)}
+	}
+	header := http.Header{}
+	header.Set("X-Biller-Id", b.ID)
+	_, err = c.deps.CIS.Send(ctx, cis.Request{
+		BillerID:       b.ID,
+		Endpoint:       b.CIS,
+		Path:           c.typ.CISPath,
+		IdempotencyKey: ref.MessageID(),
+		Body:           body,
+		Header:         header,
+	})
+	if err != nil {
+		return fmt.Errorf("send %s to CIS: %w", ref.ItemKey, err)
+	}
+	return nil
+}
+
+// backoff is the wait before attempt n+1: exponential from RetryInitial,
+// capped at RetryMax, with full jitter over its upper half.
+func (c *ItemConsumer) backoff(attempt int) time.Duration {
+	d := c.cfg.RetryInitial
+	for i := 1; i < attempt && d < c.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.RetryMax)
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}

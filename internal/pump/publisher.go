@@ -1,0 +1,259 @@
+package pump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/service"
+	"github.com/datapump/datapump/internal/store"
+)
+
+// PublisherLease is the name of the leader lease the publisher holds.
+const PublisherLease = "publisher"
+
+// PublisherConfig tunes the publisher and its rescuer.
+type PublisherConfig struct {
+	// Owner names this replica in the leader lease.
+	Owner string
+	// Interval between rounds.
+	Interval time.Duration
+	// LeaseTTL is how long the leader lease lasts without renewal (> Interval).
+	LeaseTTL time.Duration
+	// StuckAfter: Fetched/Queued items unchanged this long are republished.
+	StuckAfter time.Duration
+	// RescueBatch bounds how many items one round rescues per shard.
+	RescueBatch int
+}
+
+// Publisher announces billers with pending items and rescues stuck items.
+type Publisher struct {
+	deps *Deps
+	cfg  PublisherConfig
+	loop service.Loop
+}
+
+// NewPublisher checks its dependencies and returns a publisher.
+func NewPublisher(deps *Deps, cfg PublisherConfig) (*Publisher, error) {
+	if err := deps.validate(); err != nil {
+		return nil, err
+	}
+	if deps.Leaser == nil {
+		return nil, errors.New("pump: publisher needs a leaser")
+	}
+	if cfg.Owner == "" || cfg.Interval <= 0 || cfg.LeaseTTL <= cfg.Interval || cfg.StuckAfter <= 0 || cfg.RescueBatch <= 0 {
+		return nil, fmt.Errorf("pump: invalid publisher config %+v", cfg)
+	}
+	return &Publisher{deps: deps, cfg: cfg}, nil
+}
+
+// Start runs a round every interval until Stop.
+func (p *Publisher) Start(ctx context.Context) error {
+	return p.loop.Start(ctx, func(ctx context.Context) error {
+		t := time.NewTicker(p.cfg.Interval)
+		defer t.Stop()
+		for {
+			if _, err := p.Round(ctx); err != nil && ctx.Err() == nil {
+				p.deps.Logger.Error("publisher round failed", "error", err)
+			}
+			select {
+			case <-ctx.Done():
+				p.release()
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+}
+
+// Stop ends the loop and gives the leader lease up.
+func (p *Publisher) Stop() error { return p.loop.Stop() }
+
+func (p *Publisher) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.deps.Leaser.LeaseRelease(ctx, PublisherLease, p.cfg.Owner); err != nil {
+		p.deps.Logger.Warn("release publisher lease", "error", err)
+	}
+}
+
+// RoundResult says what one round did.
+type RoundResult struct {
+	Leader            bool
+	BillersAnnounced  int
+	DuplicatesDropped int
+	Rescued           int
+	Reclaimed         int
+	Skipped           int
+}
+
+// Round runs one publisher round: take or renew the lease; if leader,
+// announce every poll biller with pending items, then rescue stuck items.
+func (p *Publisher) Round(ctx context.Context) (RoundResult, error) {
+	var res RoundResult
+	leader, err := p.deps.Leaser.LeaseAcquire(ctx, PublisherLease, p.cfg.Owner, p.cfg.LeaseTTL)
+	if err != nil {
+		return res, fmt.Errorf("acquire publisher lease: %w", err)
+	}
+	res.Leader = leader
+	if !leader {
+		return res, nil
+	}
+	billers, err := p.deps.Catalog.BillerList(ctx)
+	if err != nil {
+		return res, fmt.Errorf("list billers: %w", err)
+	}
+	var errs []error
+	if err := p.announce(ctx, billers, &res); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.rescue(ctx, billers, &res); err != nil {
+		errs = append(errs, err)
+	}
+	return res, errors.Join(errs...)
+}
+
+func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+	byShard := map[string][]store.BillerCutover{}
+	for _, b := range billers {
+		if b.Mode == catalog.ModePoll {
+			byShard[b.Shard] = append(byShard[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
+		}
+	}
+	bucket := p.deps.Now().Truncate(p.cfg.Interval)
+	var msgs []bus.Message
+	var errs []error
+	for _, shardName := range sortedKeys(byShard) {
+		st, err := p.deps.shard(shardName)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		counts, err := st.PendingCount(ctx, store.PendingCountParams{Billers: byShard[shardName]})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("count pending on shard %s: %w", shardName, err))
+			continue
+		}
+		for _, c := range counts {
+			if c.Pending <= 0 {
+				continue
+			}
+			m, err := EncodeBillerMessage(BillerMessage{BillerID: c.BillerID, Shard: shardName, Pending: c.Pending, PublishedAt: p.deps.Now().UTC()}, bucket)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	if len(msgs) > 0 {
+		r, err := p.deps.Bus.Publish(ctx, items.BillerTopic, msgs...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("publish biller messages: %w", err))
+		}
+		res.BillersAnnounced += r.Published
+		res.DuplicatesDropped += r.Duplicates
+	}
+	return errors.Join(errs...)
+}
+
+// rescue republishes items stuck in Fetched/Queued and returns expired
+// Processing leases to Queued (and republishes them). The database is the
+// source of truth; a lost message only delays an item.
+func (p *Publisher) rescue(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+	modes := make(map[string]catalog.Mode, len(billers))
+	for _, b := range billers {
+		modes[b.ID] = b.Mode
+	}
+	var errs []error
+	for _, shardName := range sortedKeys(p.deps.Shards) {
+		st := p.deps.Shards[shardName]
+		reclaimed, err := st.ControlReclaimExpired(ctx, store.ControlReclaimExpiredParams{Limit: p.cfg.RescueBatch})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reclaim expired leases on shard %s: %w", shardName, err))
+		}
+		stuck, err := st.ControlListStuck(ctx, store.ControlListStuckParams{OlderThan: p.cfg.StuckAfter, Limit: p.cfg.RescueBatch})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list stuck items on shard %s: %w", shardName, err))
+		}
+		res.Reclaimed += len(reclaimed)
+		for _, c := range reclaimed {
+			p.deps.Logger.Warn("processing lease expired; item returned to queue", "shard", shardName, "biller", c.BillerID, "item", c.ItemKey.String(), "attempts", c.Attempts)
+		}
+		n, skipped, err := p.republish(ctx, st, shardName, modes, append(reclaimed, stuck...))
+		res.Rescued += n
+		res.Skipped += skipped
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Publisher) republish(ctx context.Context, st store.Store, shardName string, modes map[string]catalog.Mode, recs []store.Control) (published, skipped int, err error) {
+	if len(recs) == 0 {
+		return 0, 0, nil
+	}
+	bucket := p.deps.Now().Truncate(p.cfg.StuckAfter).Unix()
+	byTopic := map[string][]bus.Message{}
+	var errs []error
+	for _, c := range recs {
+		if mode, ok := modes[c.BillerID]; !ok || mode == catalog.ModeOff {
+			// The biller is no longer ours: the old pump owns what we had not started.
+			ok, err := st.ControlSkip(ctx, c.ItemKey, "biller switched off")
+			if err != nil {
+				errs = append(errs, fmt.Errorf("skip %s: %w", c.ItemKey, err))
+			} else if ok {
+				skipped++
+			}
+			continue
+		}
+		typ, err := p.deps.Items.Get(c.ItemType)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ref := ItemRef{Shard: shardName, BillerID: c.BillerID, ItemKey: c.ItemKey}
+		m, err := EncodeItemMessage(itemMessageFor(ref, OriginRescue, c.SourceCreatedAt), fmt.Sprintf("%s:rescue:%d", ref.MessageID(), bucket))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		byTopic[typ.Topic] = append(byTopic[typ.Topic], m)
+	}
+	for _, topic := range sortedKeys(byTopic) {
+		r, err := p.deps.Bus.Publish(ctx, topic, byTopic[topic]...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("republish stuck items to %s: %w", topic, err))
+			continue
+		}
+		published += r.Published
+	}
+	if published > 0 {
+		p.deps.Logger.Info("republished stuck items", "shard", shardName, "count", published)
+	}
+	return published, skipped, errors.Join(errs...)
+}
+
+func itemMessageFor(ref ItemRef, origin string, createdAt time.Time) ItemMessage {
+	m := ItemMessage{Shard: ref.Shard, ItemType: ref.ItemType, ItemID: ref.ItemID, BillerID: ref.BillerID, Origin: origin}
+	if !createdAt.IsZero() {
+		t := createdAt.UTC()
+		m.CreatedAt = &t
+	}
+	return m
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,187 @@
+// Package pump holds the three jobs of the data pump and the rescuer: the
+// domain, written against the store, catalog and bus ports and free of any
+// driver.
+//
+//   - Publisher: every interval, while it holds the leader lease, announces
+//     each poll biller with pending items on the biller topic, and rescues
+//     items stuck in Fetched/Queued or in an expired Processing lease.
+//   - BillerConsumer: on a biller message, claims that biller's pending items
+//     in batches (control records → Fetched), publishes one message per item
+//     to its item type's topic, then moves them Fetched → Queued.
+//   - ItemConsumer: on an item message, claims the item (→ Processing with a
+//     lease and a fencing version), enriches it, sends it to the biller's
+//     CIS and marks it Processed, or Failed, or hands it back for a retry.
+package pump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/datapump/datapump/internal/bus"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/cis"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/store"
+)
+
+// Subscription names on the topics.
+const (
+	BillerSubscription = "biller-consumer"
+	ItemSubscription   = "item-consumer"
+)
+
+// Dead-letter reasons set by the jobs.
+const (
+	ReasonInvalidMessage  = "InvalidMessage"
+	ReasonUnknownItemType = "UnknownItemType"
+	ReasonUnknownBiller   = "UnknownBiller"
+	ReasonUnknownShard    = "UnknownShard"
+	ReasonItemFailed      = "ItemFailed"
+)
+
+// CISSender delivers one request to a biller's CIS (implemented by cis.Client).
+type CISSender interface {
+	Send(ctx context.Context, r cis.Request) (cis.Result, error)
+}
+
+// Deps are the ports every job works through.
+type Deps struct {
+	Catalog catalog.Catalog
+	// Shards maps a shard name to its store.
+	Shards map[string]store.Store
+	// Leaser grants the publisher's leader lease.
+	Leaser store.Leaser
+	Bus    bus.Bus
+	Items  *items.Registry
+	CIS    CISSender
+	Logger *slog.Logger
+	// Now is the pod clock, used only for message bucketing and backoff
+	// jitter, never for leases (those use the database clock).
+	Now func() time.Time
+	// Events, when set, is told of each item outcome (metrics, progress).
+	Events Events
+}
+
+// Events receives item outcomes. Implementations must be safe for
+// concurrent use and fast.
+type Events interface {
+	ItemsQueued(billerID string, n int)
+	ItemDelivered(key ItemRef)
+	ItemFailed(key ItemRef, err error)
+	ItemRetried(key ItemRef, err error)
+	MessageDeadLettered(topic, reason string)
+}
+
+// ItemRef names an item across shards.
+type ItemRef struct {
+	Shard    string
+	BillerID string
+	store.ItemKey
+}
+
+// MessageID returns the item's deterministic MessageID.
+func (r ItemRef) MessageID() string { return ItemMessageID(r.Shard, r.ItemType, r.ItemID) }
+
+func (d *Deps) validate() error {
+	switch {
+	case d.Catalog == nil:
+		return errors.New("pump: catalog is required")
+	case len(d.Shards) == 0:
+		return errors.New("pump: at least one shard is required")
+	case d.Bus == nil:
+		return errors.New("pump: bus is required")
+	case d.Items == nil:
+		return errors.New("pump: item registry is required")
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Events == nil {
+		d.Events = noEvents{}
+	}
+	return nil
+}
+
+func (d *Deps) shard(name string) (store.Store, error) {
+	s, ok := d.Shards[name]
+	if !ok {
+		return nil, fmt.Errorf("shard %q is not configured", name)
+	}
+	return s, nil
+}
+
+type noEvents struct{}
+
+func (noEvents) ItemsQueued(string, int)            {}
+func (noEvents) ItemDelivered(ItemRef)              {}
+func (noEvents) ItemFailed(ItemRef, error)          {}
+func (noEvents) ItemRetried(ItemRef, error)         {}
+func (noEvents) MessageDeadLettered(string, string) {}
+
+// billerCache reads billers through the catalog at most once per ttl, so
+// every replica honours a toggle change within ttl (one publisher interval).
+type billerCache struct {
+	cat catalog.Catalog
+	ttl time.Duration
+	now func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]cachedBiller
+}
+
+type cachedBiller struct {
+	b       catalog.Biller
+	err     error
+	fetched time.Time
+}
+
+func newBillerCache(cat catalog.Catalog, ttl time.Duration, now func() time.Time) *billerCache {
+	return &billerCache{cat: cat, ttl: ttl, now: now, entries: map[string]cachedBiller{}}
+}
+
+func (c *billerCache) get(ctx context.Context, id string) (catalog.Biller, error) {
+	now := c.now()
+	c.mu.Lock()
+	e, ok := c.entries[id]
+	c.mu.Unlock()
+	if ok && now.Sub(e.fetched) < c.ttl {
+		return e.b, e.err
+	}
+	b, err := c.cat.BillerGet(ctx, id)
+	if err != nil && !errors.Is(err, catalog.ErrBillerNotFound) {
+		return b, err // transient: not cached
+	}
+	c.mu.Lock()
+	c.entries[id] = cachedBiller{b: b, err: err, fetched: now}
+	c.mu.Unlock()
+	return b, err
+}
+
+// deadLetter dead-letters d with a reason, logging and counting it.
+func deadLetter(ctx context.Context, deps *Deps, d *bus.Delivery, reason string, cause error) {
+	deps.Logger.Warn("dead-lettering message", "topic", d.Topic, "message_id", d.ID, "reason", reason, "error", cause)
+	if err := d.DeadLetter(ctx, reason, cause.Error()); err != nil {
+		deps.Logger.Error("dead-letter failed", "topic", d.Topic, "message_id", d.ID, "error", err)
+		return
+	}
+	deps.Events.MessageDeadLettered(d.Topic, reason)
+}
+
+func complete(ctx context.Context, deps *Deps, d *bus.Delivery) {
+	if err := d.Complete(ctx); err != nil {
+		deps.Logger.Warn("complete failed", "topic", d.Topic, "message_id", d.ID, "error", err)
+	}
+}
+
+func abandon(ctx context.Context, deps *Deps, d *bus.Delivery, delay time.Duration) {
+	if err := d.Abandon(ctx, delay); err != nil {
+		deps.Logger.Warn("abandon failed", "topic", d.Topic, "message_id", d.ID, "error", err)
+	}
+}
