@@ -15,7 +15,7 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/env/v2"
-	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/structs"
 	"github.com/knadh/koanf/v2"
 
@@ -215,12 +215,16 @@ func Load(path string, environ []string) (Config, error) {
 		if err != nil {
 			return Config{}, fmt.Errorf("read config: %w", err)
 		}
-		expanded, err := expandEnv(string(raw), environ)
+		m, err := yaml.Parser().Unmarshal(raw)
+		if err != nil {
+			return Config{}, fmt.Errorf("parse config %s: %w", path, err)
+		}
+		expanded, err := expandEnv(m, environ)
 		if err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", path, err)
 		}
-		if err := k.Load(rawbytes.Provider([]byte(expanded)), yaml.Parser()); err != nil {
-			return Config{}, fmt.Errorf("parse config %s: %w", path, err)
+		if err := k.Load(confmap.Provider(expanded.(map[string]any), ""), nil); err != nil {
+			return Config{}, fmt.Errorf("load config %s: %w", path, err)
 		}
 	}
 	known := map[string]string{}
@@ -268,9 +272,9 @@ func envName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 }
 
-// expandEnv replaces ${VAR} with the variable's value; an unset variable is
-// an error naming it (never its value).
-func expandEnv(s string, environ []string) (string, error) {
+// expandEnv replaces ${VAR} in every string value of the parsed file (not
+// in comments or keys); an unset variable is an error naming it, never a value.
+func expandEnv(v any, environ []string) (any, error) {
 	vals := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -278,18 +282,35 @@ func expandEnv(s string, environ []string) (string, error) {
 		}
 	}
 	var missing []string
-	out := os.Expand(s, func(name string) string {
-		if name == "$" {
-			return "$"
-		}
-		v, ok := vals[name]
-		if !ok {
-			missing = append(missing, name)
+	var walk func(v any) any
+	walk = func(v any) any {
+		switch x := v.(type) {
+		case string:
+			return os.Expand(x, func(name string) string {
+				val, ok := vals[name]
+				if !ok {
+					missing = append(missing, name)
+				}
+				return val
+			})
+		case map[string]any:
+			out := make(map[string]any, len(x))
+			for k, e := range x {
+				out[k] = walk(e)
+			}
+			return out
+		case []any:
+			out := make([]any, len(x))
+			for i, e := range x {
+				out[i] = walk(e)
+			}
+			return out
 		}
 		return v
-	})
+	}
+	out := walk(v)
 	if len(missing) > 0 {
-		return "", fmt.Errorf("environment variable %s is not set", strings.Join(missing, ", "))
+		return nil, fmt.Errorf("environment variable %s is not set", strings.Join(missing, ", "))
 	}
 	return out, nil
 }

@@ -88,3 +88,13 @@ func TestLoadErrorNeverPrintsSecret(t *testing.T) {
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "topsecret")
 }
+
+func TestLoadExpandsOnlyValuesAndExampleLoads(t *testing.T) {
+	t.Parallel()
+	p := writeFile(t, "# a comment may mention ${NOT_SET}\n"+validYAML)
+	_, err := Load(p, []string{"PGPASS=x"})
+	require.NoError(t, err)
+	cfg, err := Load("../../examples/postgres.yaml", []string{})
+	require.NoError(t, err)
+	require.Equal(t, "nats://127.0.0.1:4222", cfg.Bus.NATS.URL)
+}
