@@ -247,6 +247,9 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 	var last *Error
 	refreshed := false
 	op := func() (struct{}, error) {
+		if ctx.Err() != nil {
+			return struct{}{}, backoff.Permanent(callerGone(ctx, last))
+		}
 		if b.breaker.State() == gobreaker.StateOpen {
 			return struct{}{}, backoff.Permanent(circuitOpen(r.BillerID))
 		}
@@ -256,7 +259,11 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 		}
 		defer release()
 		if err := b.wait(ctx); err != nil {
-			return struct{}{}, backoff.Permanent(callerGone(ctx, last))
+			if ctx.Err() != nil {
+				return struct{}{}, backoff.Permanent(callerGone(ctx, last))
+			}
+			// The next token comes after ctx's deadline.
+			return struct{}{}, backoff.Permanent(&Error{Err: fmt.Errorf("biller %s: rate limit: %w", r.BillerID, err), noTrip: true})
 		}
 		_, err = b.breaker.Execute(func() (struct{}, error) {
 			res.Attempts++
