@@ -55,7 +55,7 @@ func testRandomStateMachine(e *env) {
 		switch op := rng.IntN(6); op {
 		case 0: // biller consumer: claim pending
 			limit := 1 + rng.IntN(3)
-			var want []store.ItemKey
+			want := []store.ItemKey{}
 			for _, x := range model {
 				if x.status == "" && len(want) < limit {
 					want = append(want, x.key)

@@ -1,0 +1,268 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// PendingCount counts pending items per biller (no control record, or one
+// in New; created at or after the biller's cut-over) with one grouped query
+// over every item type. Billers without pending items are left out.
+func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
+	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
+		return nil, nil
+	}
+	pairs := make([][2]string, len(p.Billers))
+	for i, b := range p.Billers {
+		pairs[i] = [2]string{b.BillerID, sourceTimeArg(b.CutoverAt)}
+	}
+	billers, err := json.Marshal(pairs)
+	if err != nil {
+		return nil, fmt.Errorf("pending count: %w", err)
+	}
+	args := append([]any{sql.Named("billers", string(billers))}, s.sources.args...)
+	rows, err := s.read.QueryContext(ctx, s.sources.pendingCount, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending count: %w", err)
+	}
+	defer rows.Close()
+	var out []store.BillerPending
+	for rows.Next() {
+		var bp store.BillerPending
+		if err := rows.Scan(&bp.BillerID, &bp.Pending); err != nil {
+			return nil, fmt.Errorf("pending count: %w", err)
+		}
+		out = append(out, bp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pending count: %w", err)
+	}
+	return out, nil
+}
+
+// ControlClaimPending claims up to Limit pending items of one biller in one
+// BEGIN IMMEDIATE transaction and one statement: the oldest by source
+// created-at, then item type, then id; records are inserted as Fetched
+// (origin "poll") or moved New → Fetched. The items come back in that order.
+func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
+	if p.Limit <= 0 || len(s.sources.order) == 0 {
+		return nil, nil
+	}
+	args := append([]any{
+		sql.Named("biller", p.BillerID), sql.Named("owner", p.Owner),
+		sql.Named("cutover", sourceTimeArg(p.CutoverAt)), sql.Named("limit", p.Limit),
+	}, s.sources.args...)
+	var out []store.Claimed
+	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, s.sources.claimPending, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var c store.Claimed
+			var created sql.NullInt64
+			if err := rows.Scan(&c.ItemType, &c.ItemID, &c.BillerID, &c.Version, &c.Attempts, &created); err != nil {
+				return err
+			}
+			c.SourceCreatedAt = msTime(created)
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim pending items of biller %s: %w", p.BillerID, err)
+	}
+	// RETURNING has no order of its own.
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.SourceCreatedAt.Equal(b.SourceCreatedAt) {
+			return a.SourceCreatedAt.Before(b.SourceCreatedAt)
+		}
+		if a.ItemType != b.ItemType {
+			return a.ItemType < b.ItemType
+		}
+		return a.ItemID < b.ItemID
+	})
+	return out, nil
+}
+
+const claimItemSQL = `UPDATE datapump_control SET
+    status = 'Processing', version = version + 1, owner = :owner,
+    attempts = attempts + :takeover, lease_until = :now + :lease,
+    processing_at = :now, updated_at = :now
+WHERE item_type = :type AND item_id = :id AND version = :version
+RETURNING ` + controlColumns
+
+const insertProcessingSQL = `INSERT INTO datapump_control (
+    item_type, item_id, biller_id, status, version, attempts, owner, lease_until, origin,
+    source_created_at, created_at, updated_at, processing_at)
+VALUES (:type, :id, :biller, 'Processing', 1, 0, :owner, :now + :lease, :origin,
+    :source_created_at, :now, :now, :now)
+RETURNING ` + controlColumns
+
+// ControlClaimItem claims one item for processing in a BEGIN IMMEDIATE
+// transaction: a Fetched or Queued record whose retry time has come, or a
+// Processing record whose lease has expired (a takeover, which counts as a
+// failed attempt), becomes Processing for Owner with a new version; with
+// InsertIfAbsent, an item without a record gets one as Processing, or
+// store.ErrNotFound if its source row does not exist.
+func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemParams) (store.ItemClaim, error) {
+	var claim store.ItemClaim
+	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+		now, err := txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		cur, err := scanControl(tx.QueryRowContext(ctx,
+			`SELECT `+controlColumns+` FROM datapump_control WHERE item_type = :type AND item_id = :id`,
+			sql.Named("type", p.Key.ItemType), sql.Named("id", p.Key.ItemID)))
+		if errors.Is(err, sql.ErrNoRows) {
+			claim, err = s.claimAbsent(ctx, tx, p, now)
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		claim = store.ItemClaim{Control: cur}
+		takeover := 0
+		nowTime := time.UnixMilli(now).UTC()
+		switch cur.Status {
+		case store.StatusNew:
+			claim.Outcome = store.ClaimAbsent
+			return nil
+		case store.StatusProcessed, store.StatusFailed, store.StatusSkipped:
+			claim.Outcome = store.ClaimDone
+			return nil
+		case store.StatusProcessing:
+			if cur.LeaseUntil.After(nowTime) {
+				claim.Outcome, claim.RetryAt = store.ClaimBusy, cur.LeaseUntil
+				return nil
+			}
+			takeover = 1
+		case store.StatusFetched, store.StatusQueued:
+			if cur.NextAttemptAt.After(nowTime) {
+				claim.Outcome, claim.RetryAt = store.ClaimNotYet, cur.NextAttemptAt
+				return nil
+			}
+		default:
+			return fmt.Errorf("unknown status %q", cur.Status)
+		}
+		claim.Control, err = scanControl(tx.QueryRowContext(ctx, claimItemSQL,
+			sql.Named("owner", p.Owner), sql.Named("takeover", takeover), sql.Named("now", now),
+			sql.Named("lease", durationMS(p.Lease)), sql.Named("type", p.Key.ItemType),
+			sql.Named("id", p.Key.ItemID), sql.Named("version", cur.Version)))
+		claim.Outcome = store.ClaimAcquired
+		return err
+	})
+	if err != nil {
+		return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
+	}
+	return claim, nil
+}
+
+// claimAbsent handles an item without a control record.
+func (s *Store) claimAbsent(ctx context.Context, tx *sql.Tx, p store.ControlClaimItemParams, now int64) (store.ItemClaim, error) {
+	if !p.InsertIfAbsent {
+		return store.ItemClaim{Outcome: store.ClaimAbsent}, nil
+	}
+	src, err := s.source(p.Key.ItemType)
+	if err != nil {
+		return store.ItemClaim{}, err
+	}
+	row, err := src.read(ctx, tx, p.Key)
+	if err != nil {
+		return store.ItemClaim{}, err
+	}
+	origin := p.Origin
+	if origin == "" {
+		origin = "direct"
+	}
+	c, err := scanControl(tx.QueryRowContext(ctx, insertProcessingSQL,
+		sql.Named("type", p.Key.ItemType), sql.Named("id", p.Key.ItemID), sql.Named("biller", row.BillerID),
+		sql.Named("owner", p.Owner), sql.Named("now", now), sql.Named("lease", durationMS(p.Lease)),
+		sql.Named("origin", origin), sql.Named("source_created_at", msArg(row.CreatedAt))))
+	if err != nil {
+		return store.ItemClaim{}, err
+	}
+	return store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, nil
+}
+
+// queryer is a *sql.DB or *sql.Tx.
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// read reads the biller and created-at of one source row.
+func (c *source) read(ctx context.Context, q queryer, key store.ItemKey) (store.SourceRow, error) {
+	args := append([]any{sql.Named("id", key.ItemID)}, c.args()...)
+	var biller, created any
+	err := q.QueryRowContext(ctx, c.row, args...).Scan(&biller, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, err)
+	}
+	t, err := parseSourceTime(created)
+	if err != nil {
+		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, err)
+	}
+	return store.SourceRow{ItemKey: key, BillerID: fmt.Sprint(biller), CreatedAt: t}, nil
+}
+
+// ItemSource reads the biller and created-at of one source row;
+// store.ErrNotFound if it does not exist.
+func (s *Store) ItemSource(ctx context.Context, key store.ItemKey) (store.SourceRow, error) {
+	src, err := s.source(key.ItemType)
+	if err != nil {
+		return store.SourceRow{}, err
+	}
+	return src.read(ctx, s.read, key)
+}
+
+// ItemEnrich runs the item type's enrichment query for one item and
+// returns its first row by column name (TEXT as string, INTEGER as int64,
+// REAL as float64, BLOB as []byte); store.ErrRelatedMissing if it finds none.
+func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]any, error) {
+	src, err := s.source(key.ItemType)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.read.QueryContext(ctx, src.enrich, key.ItemID)
+	if err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("enrich %s: %w", key, err)
+		}
+		return nil, fmt.Errorf("enrich %s: %w", key, store.ErrRelatedMissing)
+	}
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	out := make(map[string]any, len(cols))
+	for i, c := range cols {
+		out[c] = vals[i]
+	}
+	return out, nil
+}

@@ -1,0 +1,147 @@
+package sqlite
+
+import (
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// source is one item type's mapping with its SQL built once at Open. Every
+// identifier in it passed store.Source.Validate and is quoted; every value
+// is a named parameter.
+type source struct {
+	src store.Source
+	// n numbers the source's own parameters (:type<n>, :tv<n>).
+	n int
+	// table, key, biller, created and typeCol are quoted identifiers.
+	table, key, biller, created, typeCol string
+	// enrich is the enrichment query with its :id bound to ?1.
+	enrich string
+	// row reads a source row's biller and created-at by key.
+	row string
+}
+
+// quoteIdent quotes a validated identifier, part by part ("schema"."table").
+func quoteIdent(name string) string {
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = `"` + p + `"`
+	}
+	return strings.Join(parts, ".")
+}
+
+func compileSource(src store.Source, n int) *source {
+	c := &source{
+		src: src, n: n,
+		table: quoteIdent(src.Table), key: quoteIdent(src.KeyColumn),
+		biller: quoteIdent(src.BillerColumn), created: quoteIdent(src.CreatedAtColumn),
+		enrich: store.BindEnrichQuery(src.EnrichQuery, "?1"),
+	}
+	if src.TypeColumn != "" {
+		c.typeCol = quoteIdent(src.TypeColumn)
+	}
+	c.row = fmt.Sprintf(`SELECT s.%s, s.%s FROM %s s WHERE s.%s = :id%s`, c.biller, c.created, c.table, c.key, c.typeFilter())
+	return c
+}
+
+// typeFilter restricts a shared table to this item type's rows (alias s).
+func (c *source) typeFilter() string {
+	if c.typeCol == "" {
+		return ""
+	}
+	return fmt.Sprintf(` AND s.%s = :tv%d`, c.typeCol, c.n)
+}
+
+// args are the source's own named parameters.
+func (c *source) args() []any {
+	out := []any{sql.Named(fmt.Sprintf("type%d", c.n), c.src.ItemType)}
+	if c.typeCol != "" {
+		out = append(out, sql.Named(fmt.Sprintf("tv%d", c.n), c.src.TypeValue))
+	}
+	return out
+}
+
+// unclaimed is the anti-join that keeps an item pending: no control record,
+// or one in status New.
+func (c *source) unclaimed() string {
+	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = :type%d AND c.item_id = s.%s AND c.status <> 'New')`, c.n, c.key)
+}
+
+// pendingBranch selects the biller of every pending row of the billers in
+// the CTE "billers" (biller_id, cutover).
+func (c *source) pendingBranch() string {
+	return fmt.Sprintf(`SELECT s.%[1]s AS biller_id FROM billers b JOIN %[2]s s ON s.%[1]s = b.biller_id AND s.%[3]s >= b.cutover WHERE %[4]s%[5]s`,
+		c.biller, c.table, c.created, c.unclaimed(), c.typeFilter())
+}
+
+// claimBranch selects the oldest :limit pending rows of :biller from
+// :cutover on, as (item_type, item_id, created_at).
+func (c *source) claimBranch() string {
+	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS created_at FROM %[4]s s WHERE s.%[5]s = :biller AND s.%[3]s >= :cutover AND %[6]s%[7]s ORDER BY s.%[3]s, s.%[2]s LIMIT :limit)`,
+		c.n, c.key, c.created, c.table, c.biller, c.unclaimed(), c.typeFilter())
+}
+
+// sourceSet is the item types of one store and the grouped queries over
+// all of them.
+type sourceSet struct {
+	byType map[string]*source
+	order  []*source
+	// pendingCount counts pending items per biller for :billers, a JSON
+	// array of [biller_id, cutover] pairs, in one grouped query.
+	pendingCount string
+	// claimPending inserts or moves to Fetched the oldest :limit pending
+	// items of :biller and returns them.
+	claimPending string
+	// args are every source's own parameters.
+	args []any
+}
+
+func newSourceSet(srcs []store.Source) *sourceSet {
+	set := &sourceSet{byType: map[string]*source{}}
+	var pending, claim []string
+	for i, src := range srcs {
+		c := compileSource(src, i)
+		set.byType[src.ItemType] = c
+		set.order = append(set.order, c)
+		set.args = append(set.args, c.args()...)
+		pending = append(pending, c.pendingBranch())
+		claim = append(claim, c.claimBranch())
+	}
+	if len(srcs) == 0 {
+		return set
+	}
+	set.pendingCount = fmt.Sprintf(pendingCountSQL, strings.Join(pending, "\n    UNION ALL\n    "))
+	set.claimPending = fmt.Sprintf(claimPendingSQL, nowMS, strings.Join(claim, "\n        UNION ALL\n        "))
+	return set
+}
+
+// pendingCountSQL is completed with the UNION ALL of every source's
+// pendingBranch.
+const pendingCountSQL = `WITH billers (biller_id, cutover) AS (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:billers)
+)
+SELECT biller_id, COUNT(*) FROM (
+    %s
+) GROUP BY biller_id ORDER BY biller_id`
+
+// claimPendingSQL is completed with nowMS and the UNION ALL of every
+// source's claimBranch. It runs in a BEGIN IMMEDIATE transaction; items
+// without a record get one as Fetched, New records move to Fetched.
+const claimPendingSQL = `INSERT INTO datapump_control (
+    item_type, item_id, biller_id, status, version, attempts, owner, origin,
+    source_created_at, created_at, updated_at, fetched_at)
+SELECT p.item_type, p.item_id, :biller, 'Fetched', 1, 0, :owner, 'poll',
+    CAST(ROUND(unixepoch(p.created_at, 'subsec') * 1000) AS INTEGER), n.now, n.now, n.now
+FROM (SELECT %s AS now) n, (
+        %s
+        ORDER BY created_at, item_type, item_id LIMIT :limit
+    ) p
+WHERE true
+ON CONFLICT (item_type, item_id) DO UPDATE SET
+    status = 'Fetched', version = version + 1, owner = excluded.owner,
+    biller_id = excluded.biller_id, source_created_at = excluded.source_created_at,
+    updated_at = excluded.updated_at, fetched_at = excluded.fetched_at
+WHERE datapump_control.status = 'New'
+RETURNING item_type, item_id, biller_id, version, attempts, source_created_at`
