@@ -1,0 +1,467 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// controlColumns is the column list scanControl reads, in its order.
+const controlColumns = `item_type, item_id, biller_id, status, version, attempts, owner, lease_until, next_attempt_at,
+	origin, last_error, source_created_at, created_at, updated_at, fetched_at, queued_at, processing_at, processed_at, failed_at`
+
+// prefixed returns controlColumns qualified with a table alias.
+func prefixed(alias string) string {
+	return alias + `.item_type, ` + alias + `.item_id, ` + alias + `.biller_id, ` + alias + `.status, ` + alias + `.version, ` +
+		alias + `.attempts, ` + alias + `.owner, ` + alias + `.lease_until, ` + alias + `.next_attempt_at, ` + alias + `.origin, ` +
+		alias + `.last_error, ` + alias + `.source_created_at, ` + alias + `.created_at, ` + alias + `.updated_at, ` +
+		alias + `.fetched_at, ` + alias + `.queued_at, ` + alias + `.processing_at, ` + alias + `.processed_at, ` + alias + `.failed_at`
+}
+
+// micros renders a duration as a bigint of microseconds, the unit the SQL
+// multiplies by interval '1 microsecond'.
+func micros(d time.Duration) int64 { return d.Microseconds() }
+
+// controlTargets returns scan destinations for controlColumns and a
+// function that copies them into c.
+func controlTargets(c *store.Control) ([]any, func()) {
+	var (
+		status                                         string
+		leaseUntil, nextAttempt, sourceCreated         *time.Time
+		fetched, queued, processing, processed, failed *time.Time
+		createdAt, updatedAt                           time.Time
+	)
+	targets := []any{
+		&c.ItemType, &c.ItemID, &c.BillerID, &status, &c.Version, &c.Attempts, &c.Owner, &leaseUntil, &nextAttempt,
+		&c.Origin, &c.LastError, &sourceCreated, &createdAt, &updatedAt, &fetched, &queued, &processing, &processed, &failed,
+	}
+	return targets, func() {
+		c.Status = store.Status(status)
+		c.LeaseUntil = utc(leaseUntil)
+		c.NextAttemptAt = utc(nextAttempt)
+		c.SourceCreatedAt = utc(sourceCreated)
+		c.CreatedAt = createdAt.UTC()
+		c.UpdatedAt = updatedAt.UTC()
+		c.FetchedAt = utc(fetched)
+		c.QueuedAt = utc(queued)
+		c.ProcessingAt = utc(processing)
+		c.ProcessedAt = utc(processed)
+		c.FailedAt = utc(failed)
+	}
+}
+
+func utc(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// nullTime passes a zero time as SQL NULL.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+func collectControls(rows pgx.Rows) ([]store.Control, error) {
+	defer rows.Close()
+	var out []store.Control
+	for rows.Next() {
+		var c store.Control
+		targets, done := controlTargets(&c)
+		if err := rows.Scan(targets...); err != nil {
+			return nil, err
+		}
+		done()
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ControlGet reads one control record; store.ErrNotFound if absent.
+func (s *Store) ControlGet(ctx context.Context, key store.ItemKey) (store.Control, error) {
+	var c store.Control
+	targets, done := controlTargets(&c)
+	err := s.pool.QueryRow(ctx, `SELECT `+controlColumns+` FROM datapump_control WHERE item_type = $1 AND item_id = $2`,
+		key.ItemType, key.ItemID).Scan(targets...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Control{}, fmt.Errorf("control record %s: %w", key, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Control{}, fmt.Errorf("get control record %s: %w", key, err)
+	}
+	done()
+	return c, nil
+}
+
+// ControlMarkQueued moves each record Fetched → Queued if it is still
+// Fetched at the given version, in one statement, and returns how many moved.
+func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (int, error) {
+	if len(items) == 0 {
+		return 0, nil
+	}
+	types := make([]string, len(items))
+	ids := make([]int64, len(items))
+	versions := make([]int64, len(items))
+	for i, f := range items {
+		types[i], ids[i], versions[i] = f.ItemType, f.ItemID, f.Version
+	}
+	// Rows are locked in key order, so two overlapping calls cannot deadlock.
+	tag, err := s.pool.Exec(ctx, `
+		WITH f AS (
+			SELECT c.item_type, c.item_id
+			FROM datapump_control c
+			JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS f(item_type, item_id, version)
+			  ON c.item_type = f.item_type AND c.item_id = f.item_id AND c.version = f.version
+			WHERE c.status = 'Fetched'
+			ORDER BY c.item_type, c.item_id
+			FOR UPDATE OF c
+		)
+		UPDATE datapump_control c
+		SET status = 'Queued', version = c.version + 1, owner = '', queued_at = now(), updated_at = now()
+		FROM f
+		WHERE c.item_type = f.item_type AND c.item_id = f.item_id AND c.status = 'Fetched'`,
+		types, ids, versions)
+	if err != nil {
+		return 0, fmt.Errorf("mark queued: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// claimAttempts bounds how often ControlClaimItem re-reads a record that
+// changed under it before giving up.
+const claimAttempts = 10
+
+// ControlClaimItem claims one item for processing (see
+// store.ControlClaimItemParams). The conditional update and the read of the
+// record as it stands are one statement; when the read shows a record the
+// update should have taken (it changed in between), the claim is tried again.
+func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemParams) (store.ItemClaim, error) {
+	src, err := s.source(p.Key.ItemType)
+	if err != nil {
+		return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
+	}
+	if p.Lease <= 0 {
+		return store.ItemClaim{}, fmt.Errorf("claim item %s: lease: %s must be positive", p.Key, p.Lease)
+	}
+	for range claimAttempts {
+		claim, settled, err := s.claimExisting(ctx, p)
+		if err != nil {
+			return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
+		}
+		if settled {
+			if claim.Outcome == store.ClaimAbsent && claim.Control.ItemKey == (store.ItemKey{}) && p.InsertIfAbsent {
+				claim, settled, err = s.claimInsert(ctx, src, p)
+				if err != nil {
+					return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
+				}
+				if !settled {
+					continue // another worker inserted it first: read what it made
+				}
+			}
+			return claim, nil
+		}
+	}
+	return store.ItemClaim{}, fmt.Errorf("claim item %s: record kept changing during %d attempts", p.Key, claimAttempts)
+}
+
+// claimExisting tries the conditional update. settled is false when the
+// record read back should have been claimable: it changed concurrently.
+func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParams) (store.ItemClaim, bool, error) {
+	rows, err := s.pool.Query(ctx, `
+		WITH upd AS (
+			UPDATE datapump_control
+			SET status = 'Processing', version = version + 1, owner = $3,
+				attempts = CASE WHEN status = 'Processing' THEN attempts + 1 ELSE attempts END,
+				lease_until = now() + $4 * interval '1 microsecond', next_attempt_at = NULL,
+				processing_at = now(), updated_at = now()
+			WHERE item_type = $1 AND item_id = $2
+			  AND ((status IN ('Queued', 'Fetched') AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+			    OR (status = 'Processing' AND lease_until <= now()))
+			RETURNING `+controlColumns+`
+		)
+		SELECT true, now(), `+controlColumns+` FROM upd
+		UNION ALL
+		SELECT false, now(), `+controlColumns+` FROM datapump_control
+		WHERE item_type = $1 AND item_id = $2 AND NOT EXISTS (SELECT 1 FROM upd)`,
+		p.Key.ItemType, p.Key.ItemID, p.Owner, micros(p.Lease))
+	if err != nil {
+		return store.ItemClaim{}, false, err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return store.ItemClaim{}, false, err
+		}
+		return store.ItemClaim{Outcome: store.ClaimAbsent}, true, nil
+	}
+	var (
+		acquired bool
+		now      time.Time
+		c        store.Control
+	)
+	targets, done := controlTargets(&c)
+	if err := rows.Scan(append([]any{&acquired, &now}, targets...)...); err != nil {
+		return store.ItemClaim{}, false, err
+	}
+	done()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return store.ItemClaim{}, false, err
+	}
+	if acquired {
+		return store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, true, nil
+	}
+	claim := store.ItemClaim{Control: c}
+	switch {
+	case c.Status == store.StatusNew:
+		claim.Outcome = store.ClaimAbsent
+	case c.Status.Terminal():
+		claim.Outcome = store.ClaimDone
+	case c.Status == store.StatusProcessing && c.LeaseUntil.After(now):
+		claim.Outcome, claim.RetryAt = store.ClaimBusy, c.LeaseUntil
+	case (c.Status == store.StatusQueued || c.Status == store.StatusFetched) && c.NextAttemptAt.After(now):
+		claim.Outcome, claim.RetryAt = store.ClaimNotYet, c.NextAttemptAt
+	default:
+		return store.ItemClaim{}, false, nil
+	}
+	return claim, true, nil
+}
+
+// claimInsert inserts a Processing record for an item nobody fetched (a
+// source that published directly), reading its biller and created-at from
+// the source row. settled is false when another worker inserted first.
+func (s *Store) claimInsert(ctx context.Context, src source, p store.ControlClaimItemParams) (store.ItemClaim, bool, error) {
+	row, err := s.itemSource(ctx, src, p.Key)
+	if err != nil {
+		return store.ItemClaim{}, false, err
+	}
+	origin := p.Origin
+	if origin == "" {
+		origin = "direct"
+	}
+	var c store.Control
+	targets, done := controlTargets(&c)
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO datapump_control (item_type, item_id, biller_id, status, version, attempts, owner, lease_until,
+			origin, source_created_at, created_at, updated_at, processing_at)
+		VALUES ($1, $2, $3, 'Processing', 1, 0, $4, now() + $5 * interval '1 microsecond', $6, $7, now(), now(), now())
+		ON CONFLICT (item_type, item_id) DO NOTHING
+		RETURNING `+controlColumns,
+		p.Key.ItemType, p.Key.ItemID, row.BillerID, p.Owner, micros(p.Lease), origin, nullTime(row.CreatedAt)).Scan(targets...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ItemClaim{}, false, nil
+	}
+	if err != nil {
+		return store.ItemClaim{}, false, fmt.Errorf("insert control record: %w", err)
+	}
+	done()
+	return store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, true, nil
+}
+
+// ControlExtendLease pushes the lease of a Processing record forward; false
+// means the caller no longer holds it. The version does not change.
+func (s *Store) ControlExtendLease(ctx context.Context, f store.Fenced, lease time.Duration) (bool, error) {
+	if lease <= 0 {
+		return false, fmt.Errorf("extend lease %s: lease: %s must be positive", f.ItemKey, lease)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE datapump_control
+		SET lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
+		WHERE item_type = $1 AND item_id = $2 AND version = $3 AND status = 'Processing'`,
+		f.ItemType, f.ItemID, f.Version, micros(lease))
+	if err != nil {
+		return false, fmt.Errorf("extend lease %s: %w", f.ItemKey, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ControlFinish ends a Processing claim as Processed or Failed; false means
+// the caller no longer held it and nothing changed.
+func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
+	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
+		return false, fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE datapump_control
+		SET status = $4, version = version + 1, lease_until = NULL, updated_at = now(),
+			last_error = CASE WHEN $5 <> '' THEN $5 ELSE last_error END,
+			processed_at = CASE WHEN $4 = 'Processed' THEN now() END,
+			failed_at = CASE WHEN $4 = 'Failed' THEN now() END
+		WHERE item_type = $1 AND item_id = $2 AND version = $3 AND status = 'Processing'`,
+		p.ItemType, p.ItemID, p.Version, string(p.Status), p.Error)
+	if err != nil {
+		return false, fmt.Errorf("finish %s: %w", p.ItemKey, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ControlRelease hands a Processing claim back for a later retry:
+// Processing → Queued, attempts+1, next attempt after RetryIn.
+func (s *Store) ControlRelease(ctx context.Context, p store.ControlReleaseParams) (bool, error) {
+	if p.RetryIn < 0 {
+		return false, fmt.Errorf("release %s: retry_in: %s must not be negative", p.ItemKey, p.RetryIn)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE datapump_control
+		SET status = 'Queued', version = version + 1, attempts = attempts + 1, owner = '', lease_until = NULL,
+			next_attempt_at = now() + $4 * interval '1 microsecond', last_error = $5,
+			queued_at = now(), updated_at = now()
+		WHERE item_type = $1 AND item_id = $2 AND version = $3 AND status = 'Processing'`,
+		p.ItemType, p.ItemID, p.Version, micros(p.RetryIn), p.Error)
+	if err != nil {
+		return false, fmt.Errorf("release %s: %w", p.ItemKey, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ControlSkip marks a New, Fetched or Queued record Skipped with the reason
+// as its last error; false if it was in any other state or absent.
+func (s *Store) ControlSkip(ctx context.Context, key store.ItemKey, reason string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE datapump_control
+		SET status = 'Skipped', version = version + 1, owner = '', lease_until = NULL, last_error = $3, updated_at = now()
+		WHERE item_type = $1 AND item_id = $2 AND status IN ('New', 'Fetched', 'Queued')`,
+		key.ItemType, key.ItemID, reason)
+	if err != nil {
+		return false, fmt.Errorf("skip %s: %w", key, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ControlListStuck lists Fetched/Queued records not updated for OlderThan
+// whose retry time (if any) has passed, oldest first, and bumps their
+// updated-at. Rows another transaction holds are skipped, not waited for.
+func (s *Store) ControlListStuck(ctx context.Context, p store.ControlListStuckParams) ([]store.Control, error) {
+	if p.OlderThan < 0 {
+		return nil, fmt.Errorf("list stuck: older_than: %s must not be negative", p.OlderThan)
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH stuck AS (
+			SELECT item_type, item_id, updated_at AS was_updated_at
+			FROM datapump_control
+			WHERE status IN ('Fetched', 'Queued') AND updated_at <= now() - $1 * interval '1 microsecond'
+			  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+			ORDER BY updated_at, item_type, item_id
+			LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		), upd AS (
+			UPDATE datapump_control c SET updated_at = now()
+			FROM stuck
+			WHERE c.item_type = stuck.item_type AND c.item_id = stuck.item_id
+			RETURNING `+prefixed("c")+`, stuck.was_updated_at
+		)
+		SELECT `+controlColumns+` FROM upd ORDER BY was_updated_at, item_type, item_id`,
+		micros(p.OlderThan), limit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list stuck: %w", err)
+	}
+	out, err := collectControls(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list stuck: %w", err)
+	}
+	return out, nil
+}
+
+// ControlReclaimExpired moves Processing records whose lease expired back
+// to Queued (attempts+1, owner cleared), soonest-expired first, and returns
+// them. Rows another transaction holds are skipped, not waited for.
+func (s *Store) ControlReclaimExpired(ctx context.Context, p store.ControlReclaimExpiredParams) ([]store.Control, error) {
+	rows, err := s.pool.Query(ctx, `
+		WITH expired AS (
+			SELECT item_type, item_id, lease_until AS was_lease_until
+			FROM datapump_control
+			WHERE status = 'Processing' AND lease_until <= now()
+			ORDER BY lease_until, item_type, item_id
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED
+		), upd AS (
+			UPDATE datapump_control c
+			SET status = 'Queued', version = c.version + 1, attempts = c.attempts + 1, owner = '', lease_until = NULL,
+				next_attempt_at = NULL, last_error = 'lease of ' || c.owner || ' expired',
+				queued_at = now(), updated_at = now()
+			FROM expired
+			WHERE c.item_type = expired.item_type AND c.item_id = expired.item_id AND c.status = 'Processing'
+			RETURNING `+prefixed("c")+`, expired.was_lease_until
+		)
+		SELECT `+controlColumns+` FROM upd ORDER BY was_lease_until, item_type, item_id`,
+		limit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("reclaim expired leases: %w", err)
+	}
+	out, err := collectControls(rows)
+	if err != nil {
+		return nil, fmt.Errorf("reclaim expired leases: %w", err)
+	}
+	return out, nil
+}
+
+// limit turns a non-positive limit into SQL NULL: no limit.
+func limit(n int) any {
+	if n <= 0 {
+		return nil
+	}
+	return n
+}
+
+// ControlList lists control records for operators, newest first.
+func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]store.Control, error) {
+	statuses := make([]string, len(p.Statuses))
+	for i, st := range p.Statuses {
+		if !st.Valid() {
+			return nil, fmt.Errorf("list control records: status: %q is not a known status", st)
+		}
+		statuses[i] = string(st)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT `+controlColumns+`
+		FROM datapump_control
+		WHERE ($1 = '' OR biller_id = $1) AND ($2 = '' OR item_type = $2)
+		  AND (cardinality($3::text[]) = 0 OR status = ANY($3::text[]))
+		ORDER BY created_at DESC, item_type DESC, item_id DESC
+		LIMIT $4`,
+		p.BillerID, p.ItemType, statuses, limit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list control records: %w", err)
+	}
+	out, err := collectControls(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list control records: %w", err)
+	}
+	return out, nil
+}
+
+// ControlCountByStatus counts records per biller and status, ordered by
+// biller and then pipeline order of the status.
+func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, error) {
+	order := make([]string, len(store.Statuses))
+	for i, st := range store.Statuses {
+		order[i] = string(st)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT biller_id, status, count(*)
+		FROM datapump_control
+		GROUP BY biller_id, status
+		ORDER BY biller_id, array_position($1::text[], status), status`, order)
+	if err != nil {
+		return nil, fmt.Errorf("count control records: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.StatusCount, error) {
+		var c store.StatusCount
+		var st string
+		err := r.Scan(&c.BillerID, &st, &c.Count)
+		c.Status = store.Status(st)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count control records: %w", err)
+	}
+	return out, nil
+}

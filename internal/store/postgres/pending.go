@@ -1,0 +1,205 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// pendingCondition is the anti-join that makes a source row pending: no
+// control record, or a New one. It is served by the control table's
+// primary key. itemTypeParam names the parameter holding the item type.
+func pendingCondition(src source, alias string, itemTypeParam int) string {
+	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = $%d AND c.item_id = %s.%s AND c.status <> 'New')`,
+		itemTypeParam, alias, src.key)
+}
+
+// PendingCount counts pending items per biller with one grouped query over
+// every item type: billers and their cut-overs are passed as arrays and
+// joined to each source table's (biller, created-at) range. Billers without
+// pending items are left out.
+func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
+	if len(p.Billers) == 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	var (
+		billers  []string
+		cutovers []time.Time
+		seen     = map[string]bool{}
+	)
+	for _, b := range p.Billers {
+		if seen[b.BillerID] {
+			continue
+		}
+		seen[b.BillerID] = true
+		billers = append(billers, b.BillerID)
+		cutovers = append(cutovers, b.CutoverAt)
+	}
+	args := []any{billers, cutovers}
+	parts := make([]string, 0, len(s.order))
+	for _, itemType := range s.order {
+		src := s.sources[itemType]
+		args = append(args, itemType)
+		typeParam := len(args)
+		filter := ""
+		if src.typeColumn != "" {
+			args = append(args, src.TypeValue)
+			filter = src.typeFilter("s", len(args))
+		}
+		parts = append(parts, fmt.Sprintf(`
+			SELECT b.biller_id, count(*) AS n
+			FROM b JOIN %s s ON s.%s = b.biller_id AND s.%s >= b.cutover_at%s
+			WHERE %s
+			GROUP BY b.biller_id`,
+			src.table, src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam)))
+	}
+	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at))
+		SELECT biller_id, sum(n)::bigint FROM (` + strings.Join(parts, " UNION ALL ") + `) per_type
+		GROUP BY biller_id ORDER BY biller_id`
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	defer rows.Close()
+	var out []store.BillerPending
+	for rows.Next() {
+		var bp store.BillerPending
+		if err := rows.Scan(&bp.BillerID, &bp.Pending); err != nil {
+			return nil, fmt.Errorf("count pending: %w", err)
+		}
+		out = append(out, bp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	return out, nil
+}
+
+// claimRounds bounds how often ControlClaimPending tries again when every
+// candidate it saw was taken by a concurrent claimer in the meantime.
+const claimRounds = 5
+
+// ControlClaimPending claims up to Limit pending items of one biller, oldest
+// created first (ties: item type, then key), in one statement: it picks the
+// candidates, moves New records to Fetched (locking them with SKIP LOCKED)
+// and inserts Fetched records for the rest (ON CONFLICT DO NOTHING, in
+// candidate order, so concurrent claimers wait on each other in one order
+// and cannot deadlock). An item a concurrent claimer took is simply left out.
+func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
+	if p.Limit <= 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	q, args := s.claimPendingQuery(p)
+	for range claimRounds {
+		claimed, candidates, err := s.claimPendingOnce(ctx, q, args)
+		if err != nil {
+			return nil, fmt.Errorf("claim pending of biller %s: %w", p.BillerID, err)
+		}
+		if len(claimed) > 0 || candidates == 0 {
+			return claimed, nil
+		}
+	}
+	return nil, nil
+}
+
+func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []any) {
+	args := []any{p.BillerID, p.CutoverAt, p.Limit, p.Owner}
+	parts := make([]string, 0, len(s.order))
+	for _, itemType := range s.order {
+		src := s.sources[itemType]
+		args = append(args, itemType)
+		typeParam := len(args)
+		filter := ""
+		if src.typeColumn != "" {
+			args = append(args, src.TypeValue)
+			filter = src.typeFilter("s", len(args))
+		}
+		parts = append(parts, fmt.Sprintf(`(
+			SELECT $%d::text AS item_type, s.%s::bigint AS item_id, s.%s::text AS biller_id, s.%s::timestamptz AS created_at
+			FROM %s s
+			WHERE s.%s = $1 AND s.%s >= $2%s AND %s
+			ORDER BY s.%s, s.%s
+			LIMIT $3)`,
+			typeParam, src.key, src.biller, src.createdAt,
+			src.table,
+			src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam),
+			src.createdAt, src.key))
+	}
+	q := `
+		WITH cand AS (
+			SELECT * FROM (` + strings.Join(parts, " UNION ALL ") + `) u
+			ORDER BY created_at, item_type, item_id
+			LIMIT $3
+		), locked AS (
+			SELECT c.item_type, c.item_id
+			FROM datapump_control c JOIN cand ON c.item_type = cand.item_type AND c.item_id = cand.item_id
+			WHERE c.status = 'New'
+			ORDER BY c.item_type, c.item_id
+			FOR UPDATE OF c SKIP LOCKED
+		), upd AS (
+			UPDATE datapump_control c
+			SET status = 'Fetched', version = c.version + 1, owner = $4, origin = 'poll',
+				source_created_at = coalesce(c.source_created_at, cand.created_at),
+				fetched_at = now(), updated_at = now()
+			FROM locked JOIN cand ON cand.item_type = locked.item_type AND cand.item_id = locked.item_id
+			WHERE c.item_type = locked.item_type AND c.item_id = locked.item_id AND c.status = 'New'
+			RETURNING c.item_type, c.item_id, c.biller_id, c.version, c.attempts, c.source_created_at
+		), ins AS (
+			INSERT INTO datapump_control (item_type, item_id, biller_id, status, version, attempts, owner, origin,
+				source_created_at, created_at, updated_at, fetched_at)
+			SELECT cand.item_type, cand.item_id, cand.biller_id, 'Fetched', 1, 0, $4, 'poll',
+				cand.created_at, now(), now(), now()
+			FROM cand
+			WHERE NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id)
+			ORDER BY cand.created_at, cand.item_type, cand.item_id
+			ON CONFLICT (item_type, item_id) DO NOTHING
+			RETURNING item_type, item_id, biller_id, version, attempts, source_created_at
+		), claimed AS (
+			SELECT * FROM upd UNION ALL SELECT * FROM ins
+		)
+		SELECT n.candidates, r.item_type, r.item_id, r.biller_id, r.version, r.attempts, r.source_created_at
+		FROM (SELECT count(*) AS candidates FROM cand) n
+		LEFT JOIN (
+			SELECT claimed.*, cand.created_at AS cand_created_at
+			FROM claimed JOIN cand ON cand.item_type = claimed.item_type AND cand.item_id = claimed.item_id
+		) r ON true
+		ORDER BY r.cand_created_at, r.item_type, r.item_id`
+	return q, args
+}
+
+func (s *Store) claimPendingOnce(ctx context.Context, q string, args []any) ([]store.Claimed, int64, error) {
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var (
+		out        []store.Claimed
+		candidates int64
+	)
+	for rows.Next() {
+		var (
+			itemType, billerID *string
+			itemID, version    *int64
+			attempts           *int
+			created            *time.Time
+		)
+		if err := rows.Scan(&candidates, &itemType, &itemID, &billerID, &version, &attempts, &created); err != nil {
+			return nil, 0, err
+		}
+		if itemType == nil {
+			continue // no row claimed: only the candidate count
+		}
+		out = append(out, store.Claimed{
+			ItemKey:         store.ItemKey{ItemType: *itemType, ItemID: *itemID},
+			BillerID:        *billerID,
+			Version:         *version,
+			Attempts:        *attempts,
+			SourceCreatedAt: utc(created),
+		})
+	}
+	return out, candidates, rows.Err()
+}

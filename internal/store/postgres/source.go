@@ -1,0 +1,102 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// ItemEnrich runs the item type's enrichment query for one item and returns
+// its first row's columns by name; store.ErrRelatedMissing if it finds none.
+func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]any, error) {
+	src, err := s.source(key.ItemType)
+	if err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	rows, err := s.pool.Query(ctx, src.enrich, key.ItemID)
+	if err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("enrich %s: %w", key, err)
+		}
+		return nil, fmt.Errorf("enrich %s: %w", key, store.ErrRelatedMissing)
+	}
+	values, err := rows.Values()
+	if err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	out := make(map[string]any, len(values))
+	for i, fd := range rows.FieldDescriptions() {
+		out[fd.Name] = plainValue(values[i])
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// plainValue turns pgx's richer types into plain Go values a mapping
+// function can handle: numerics become float64 (or int64 when whole),
+// times are UTC, UUIDs are strings.
+func plainValue(v any) any {
+	switch x := v.(type) {
+	case time.Time:
+		return x.UTC()
+	case pgtype.Numeric:
+		if !x.Valid {
+			return nil
+		}
+		if i, err := x.Int64Value(); err == nil && i.Valid && x.Exp >= 0 {
+			return i.Int64
+		}
+		if f, err := x.Float64Value(); err == nil && f.Valid {
+			return f.Float64
+		}
+		return nil
+	case [16]byte:
+		return pgtype.UUID{Bytes: x, Valid: true}.String()
+	}
+	return v
+}
+
+// ItemSource reads the biller and created-at of one source row;
+// store.ErrNotFound if the row does not exist.
+func (s *Store) ItemSource(ctx context.Context, key store.ItemKey) (store.SourceRow, error) {
+	src, err := s.source(key.ItemType)
+	if err != nil {
+		return store.SourceRow{}, fmt.Errorf("read source row %s: %w", key, err)
+	}
+	return s.itemSource(ctx, src, key)
+}
+
+func (s *Store) itemSource(ctx context.Context, src source, key store.ItemKey) (store.SourceRow, error) {
+	args := []any{key.ItemID}
+	filter := ""
+	if src.typeColumn != "" {
+		args = append(args, src.TypeValue)
+		filter = src.typeFilter("s", len(args))
+	}
+	q := fmt.Sprintf(`SELECT s.%s::text, s.%s::timestamptz FROM %s s WHERE s.%s = $1%s`,
+		src.biller, src.createdAt, src.table, src.key, filter)
+	row := store.SourceRow{ItemKey: key}
+	var created *time.Time
+	err := s.pool.QueryRow(ctx, q, args...).Scan(&row.BillerID, &created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.SourceRow{}, fmt.Errorf("read source row %s: %w", key, err)
+	}
+	row.CreatedAt = utc(created)
+	return row, nil
+}
