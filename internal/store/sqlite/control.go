@@ -67,11 +67,14 @@ func fencedJSON(items []store.Fenced) (string, error) {
 	return string(b), err
 }
 
+// markQueuedSQL drives the update from the JSON list through the primary
+// key; the unary + on status keeps the planner from scanning every Fetched
+// record through the status index instead.
 const markQueuedSQL = `UPDATE datapump_control
 SET status = 'Queued', version = version + 1, queued_at = ` + nowMS + `, updated_at = ` + nowMS + `
-WHERE status = 'Fetched' AND (item_type, item_id, version) IN (
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
-    FROM json_each(:items))`
+FROM (SELECT json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS i, json_extract(value, '$[2]') AS v
+    FROM json_each(:items)) AS f
+WHERE item_type = f.t AND item_id = f.i AND version = f.v AND +status = 'Fetched'`
 
 // ControlMarkQueued moves each record Fetched → Queued if it is still
 // Fetched at the given version, in one statement; it returns how many moved.

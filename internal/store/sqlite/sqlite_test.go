@@ -3,7 +3,9 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,4 +208,92 @@ func TestSharedTableSource(t *testing.T) {
 	row, err := s.ItemEnrich(ctx, store.ItemKey{ItemType: "invoice", ItemID: 2})
 	require.NoError(t, err)
 	require.Equal(t, "I", row["kind"])
+}
+
+// TestTwoStoresOneFile: two stores on one file (two pump processes on one
+// embedded database) claim and finish items concurrently; BEGIN IMMEDIATE
+// and the busy timeout keep SQLITE_BUSY away and no item is taken twice.
+func TestTwoStoresOneFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, path := open(t, storetest.Sources())
+	b, err := sqlite.Open(ctx, sqlite.Config{Path: path, Sources: storetest.Sources()})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	require.NoError(t, b.Migrate(ctx), "a second migrate on the same file")
+	require.NoError(t, a.DemoSchemaCreate(ctx))
+	const total = 80
+	rows := make([]store.DemoItem, total)
+	for i := range rows {
+		rows[i] = store.DemoItem{ItemType: "payment", BillerID: "b1", AmountCents: 1}
+	}
+	_, err = a.DemoItemsInsert(ctx, rows)
+	require.NoError(t, err)
+
+	var (
+		mu       sync.Mutex
+		finished = map[store.ItemKey]int{}
+		wg       sync.WaitGroup
+		errs     = make(chan error, 8)
+	)
+	for w := 0; w < 8; w++ {
+		s := a
+		if w%2 == 1 {
+			s = b
+		}
+		owner := fmt.Sprintf("w%d", w)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- work(ctx, s, owner, func(k store.ItemKey) {
+				mu.Lock()
+				finished[k]++
+				mu.Unlock()
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Len(t, finished, total)
+	for k, n := range finished {
+		require.Equal(t, 1, n, "%s finished %d times", k, n)
+	}
+}
+
+// work runs a biller consumer and an item consumer in one loop until
+// nothing is pending.
+func work(ctx context.Context, s *sqlite.Store, owner string, done func(store.ItemKey)) error {
+	for {
+		claimed, err := s.ControlClaimPending(ctx, store.ControlClaimPendingParams{BillerID: "b1", Limit: 5, Owner: owner})
+		if err != nil || len(claimed) == 0 {
+			return err
+		}
+		fenced := make([]store.Fenced, len(claimed))
+		for i, c := range claimed {
+			fenced[i] = store.Fenced{ItemKey: c.ItemKey, Version: c.Version}
+		}
+		if _, err := s.ControlMarkQueued(ctx, fenced); err != nil {
+			return err
+		}
+		for _, c := range claimed {
+			ic, err := s.ControlClaimItem(ctx, store.ControlClaimItemParams{Key: c.ItemKey, Owner: owner, Lease: time.Minute})
+			if err != nil {
+				return err
+			}
+			if ic.Outcome != store.ClaimAcquired {
+				return fmt.Errorf("%s: claim of own fetched item: %s", c.ItemKey, ic.Outcome)
+			}
+			ok, err := s.ControlFinish(ctx, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: c.ItemKey, Version: ic.Control.Version}, Status: store.StatusProcessed})
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("%s: finish lost", c.ItemKey)
+			}
+			done(c.ItemKey)
+		}
+	}
 }

@@ -29,7 +29,7 @@ CREATE TABLE datapump_control (
 -- The rescuer: Fetched/Queued records not updated for a while.
 CREATE INDEX datapump_control_status_updated ON datapump_control (status, updated_at);
 -- The reclaimer: Processing records whose lease has expired.
-CREATE INDEX datapump_control_lease ON datapump_control (lease_until) WHERE status = 'Processing';
+CREATE INDEX datapump_control_status_lease ON datapump_control (status, lease_until);
 -- Backlog per biller and status (datapump status, metrics).
 CREATE INDEX datapump_control_biller_status ON datapump_control (biller_id, status);
 
