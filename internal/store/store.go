@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -145,7 +146,7 @@ var enrichPlaceholder = regexp.MustCompile(`(^|[^:A-Za-z0-9_]):id\b`)
 // BindEnrichQuery replaces the :id placeholder with the driver's own
 // placeholder (for example "?" or "$1").
 func BindEnrichQuery(q, placeholder string) string {
-	return enrichPlaceholder.ReplaceAllString(q, "${1}"+placeholder)
+	return enrichPlaceholder.ReplaceAllString(q, "${1}"+strings.ReplaceAll(placeholder, "$", "$$"))
 }
 
 // Control is one item's control record.
