@@ -201,7 +201,8 @@ type BillerPending struct {
 
 // ControlClaimPendingParams claims up to Limit pending items of one biller,
 // in one transaction: control records are inserted as Fetched, or moved
-// New → Fetched. Items are taken oldest key first across item types.
+// New → Fetched. Items are taken oldest source created-at first, then by
+// item type and id, across item types.
 type ControlClaimPendingParams struct {
 	BillerID  string
 	CutoverAt time.Time

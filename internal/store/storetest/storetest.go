@@ -9,6 +9,32 @@
 // Time in the suite comes from the database clock (Store.Now). Leases and
 // deadlines are given tiny durations and waited out with short sleeps; no
 // test asserts on elapsed wall time.
+//
+// Where the port leaves a choice open, the suite pins it down, so every
+// adapter behaves alike:
+//   - A record's version is positive and grows on every transition (claim,
+//     Queued, Processing, finish, release, skip, reclaim); ControlExtendLease
+//     and ControlListStuck are not transitions and keep it.
+//   - ControlClaimPending takes items by source created-at, then item type,
+//     then id, returns them in that order, records Owner and origin "poll",
+//     and copies the source created-at; a zero CutoverAt means no cut-over,
+//     and an item created exactly at the cut-over is pending.
+//   - PendingCount may leave out billers with nothing pending.
+//   - ControlClaimItem: a New record is ClaimAbsent; a takeover of an
+//     expired lease is ClaimAcquired with a new version; ClaimBusy's RetryAt
+//     is the lease end, ClaimNotYet's the NextAttemptAt; an inserted record
+//     takes its biller and created-at from the source row.
+//   - ControlRelease and ControlReclaimExpired clear the owner; a zero
+//     RetryIn is due at once. ControlSkip of an item without a record is
+//     false. ControlFinish to a status other than Processed or Failed is an
+//     error.
+//   - A zero Limit of ControlList, ControlListStuck and
+//     ControlReclaimExpired means the adapter's default (at least 5).
+//   - ItemEnrich and ItemSource of an unknown item type wrap
+//     store.ErrUnknownItemType; ItemEnrich of a missing source row wraps
+//     store.ErrRelatedMissing.
+//   - DemoItemsInsert creates a non-zero AccountID that does not exist yet,
+//     and assigns ids that grow in insert order.
 package storetest
 
 import (
