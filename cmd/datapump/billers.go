@@ -39,6 +39,9 @@ func billersCmd(env *cliEnv) *cobra.Command {
 				return err
 			}
 			if asJSON {
+				if bs == nil {
+					bs = []catalog.Biller{}
+				}
 				return json.NewEncoder(env.stdout).Encode(bs)
 			}
 			tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)

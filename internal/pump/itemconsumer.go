@@ -151,12 +151,19 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
 	fence := store.Fenced{ItemKey: ref.ItemKey, Version: ctl.Version}
 
-	// Finish well inside the lease, so nobody else can have taken the item;
-	// a shutdown lets the work in flight finish rather than cut a CIS call
-	// short (which would send the item again later).
+	// The work is bounded well inside the lease and the lease is renewed
+	// while it runs, so a slow database cannot hand the item to a second
+	// worker mid-call. A shutdown lets the work in flight finish rather than
+	// cut a CIS call short (which would send the item again later).
 	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Lease*3/4)
+	lost := c.keepLease(workCtx, cancel, st, fence)
 	err := c.deliver(workCtx, ref, b)
 	cancel()
+	if <-lost {
+		log.Warn("lease lost while processing; the new holder finishes the item", "error", err)
+		complete(ctx, c.deps, d)
+		return
+	}
 
 	// Settle with a context that survives shutdown: the CIS call happened.
 	settleCtx, cancelSettle := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -208,6 +215,35 @@ func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, f
 	}
 	c.deps.Events.ItemFailed(ref, cause)
 	deadLetter(ctx, c.deps, d, ReasonItemFailed, cause)
+}
+
+// keepLease renews the item's lease every third of its length until ctx
+// ends. If the lease is gone (taken over), it cancels the work. The returned
+// channel yields, once ctx has ended, whether the lease was lost.
+func (c *ItemConsumer) keepLease(ctx context.Context, cancel context.CancelFunc, st store.Store, fence store.Fenced) <-chan bool {
+	lost := make(chan bool, 1)
+	go func() {
+		t := time.NewTicker(c.cfg.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				lost <- false
+				return
+			case <-t.C:
+				ok, err := st.ControlExtendLease(ctx, fence, c.cfg.Lease)
+				if err == nil && !ok {
+					cancel()
+					lost <- true
+					return
+				}
+				if err != nil && ctx.Err() == nil {
+					c.deps.Logger.Warn("extend lease", "item", fence.ItemKey.String(), "error", err)
+				}
+			}
+		}
+	}()
+	return lost
 }
 
 // permanentError marks failures that no retry can fix (bad data, a CIS rejection).
