@@ -42,7 +42,7 @@ reports what reached the CIS.`,
 			if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
 				opts.Progress = env.stderr
 			} else {
-				opts.Progress = nil
+				opts.ProgressLines = env.stderr
 			}
 			fmt.Fprintf(env.stdout, "datapump demo: %d billers on %d SQLite shards, %d work items, embedded NATS, mock CIS\n", opts.Billers, opts.Shards, opts.Items)
 			sum, err := demo.Run(cmd.Context(), opts)

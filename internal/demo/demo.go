@@ -44,6 +44,9 @@ type Options struct {
 	Timeout time.Duration
 	// Progress receives the live progress bar (nil: none).
 	Progress io.Writer
+	// ProgressLines receives a plain progress line every few seconds
+	// instead, when the output is not a terminal (nil: none).
+	ProgressLines io.Writer
 	Logger   *slog.Logger
 	// Configure, when set, may adjust the generated configuration.
 	Configure func(*config.Config)
@@ -176,6 +179,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 			progressbar.OptionClearOnFinish(),
 		)
 	}
+	lines := &progressLines{w: opts.ProgressLines, every: 2 * time.Second, last: time.Now()}
 	seeded, err := insertItems(ctx, a, billers, opts, func() { updateBar(bar, mock) })
 	if err != nil {
 		return Summary{}, err
@@ -195,6 +199,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	defer tick.Stop()
 	for mock.Stats().UniqueAccepted < pollItems {
 		updateBar(bar, mock)
+		lines.update(mock.Stats().UniqueAccepted, pollItems)
 		select {
 		case <-ctx.Done():
 			stop()
@@ -219,6 +224,22 @@ func updateBar(bar *progressbar.ProgressBar, mock *mockcis.Server) {
 	if bar != nil {
 		bar.Set(mock.Stats().UniqueAccepted) //nolint:errcheck // display only
 	}
+}
+
+// progressLines prints a plain progress line every few seconds, for
+// output that is not a terminal (CI logs, files).
+type progressLines struct {
+	w     io.Writer
+	every time.Duration
+	last  time.Time
+}
+
+func (p *progressLines) update(delivered, total int) {
+	if p == nil || p.w == nil || time.Since(p.last) < p.every {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprintf(p.w, "progress: %d of %d items delivered to the CIS\n", delivered, total)
 }
 
 // Config is the demo's configuration: SQLite catalog and shards in dir, the
