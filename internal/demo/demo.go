@@ -47,7 +47,7 @@ type Options struct {
 	// ProgressLines receives a plain progress line every few seconds
 	// instead, when the output is not a terminal (nil: none).
 	ProgressLines io.Writer
-	Logger   *slog.Logger
+	Logger        *slog.Logger
 	// Configure, when set, may adjust the generated configuration.
 	Configure func(*config.Config)
 }
