@@ -74,7 +74,13 @@ func (e *env) receive(subscription string, opts bus.ReceiveOptions, h bus.Handle
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.s.ctx)
 	r := &receiver{t: e.t, cancel: cancel, done: make(chan error, 1), timeout: e.s.f.timeout()}
-	go func() { r.done <- e.b.Receive(ctx, e.topic, subscription, opts, h) }()
+	go func() {
+		err := e.b.Receive(ctx, e.topic, subscription, opts, h)
+		if ctx.Err() == nil {
+			e.t.Errorf("Receive on %s returned before it was stopped: %v", subscription, err)
+		}
+		r.done <- err
+	}()
 	e.t.Cleanup(func() {
 		cancel()
 		select {

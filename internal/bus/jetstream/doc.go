@@ -29,13 +29,19 @@
 //     start or end with a space or tab (NATS would alter them).
 //   - Publish sends asynchronously (PublishMsgAsync) in chunks and waits for
 //     every acknowledgement, so a batch costs about one round trip.
-//   - Receive pulls with Consumer.Messages (PullMaxMessages = Prefetch) into
-//     a pool of Concurrency handlers. Complete is a synchronous ack
-//     (DoubleAck), Abandon(delay) is NakWithDelay (Nak when zero), RenewLock
-//     is InProgress, DeliveryCount is the metadata's NumDelivered. Handlers
-//     run on a context that is not cancelled when Receive's context is, so
-//     in-flight work can finish and settle during the drain; messages still
-//     in the prefetch buffer are released with Nak.
+//   - Receive pulls with back-to-back Fetch requests of Prefetch messages
+//     (30s server-side wait, 5s idle heartbeats) into a pool of Concurrency
+//     handlers. It does not use the client's Messages/Consume iterators:
+//     under load they can stop issuing pull requests (a race between
+//     receiving a request's last message and recording that the request was
+//     sent) and stall until a heartbeat is missed. Complete is a
+//     synchronous ack (DoubleAck), Abandon(delay) is NakWithDelay (Nak when
+//     zero), RenewLock is InProgress, DeliveryCount is the metadata's
+//     NumDelivered. Handlers run on a context that is not cancelled when
+//     Receive's context is, so in-flight work can finish and settle during
+//     the drain; messages already fetched but not yet handled are released
+//     with Nak. A message the server sends into a pull request abandoned at
+//     shutdown is redelivered after its lock duration.
 //
 // # Dead letters and MaxDeliveries
 //

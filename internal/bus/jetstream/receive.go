@@ -9,14 +9,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/datapump/datapump/internal/bus"
 )
 
-// drainWait bounds how long Receive waits for the prefetch buffer to empty
-// after it stops pulling.
-const drainWait = 2 * time.Second
+// pullWait is how long one pull request waits on the server for messages.
+const pullWait = 30 * time.Second
 
 // subscriptionRef is a resolved subscription: names and what Receive and
 // dead-lettering need to know about its stream and consumer.
@@ -64,7 +64,13 @@ func (b *Bus) resolve(ctx context.Context, topic, subscription string) (*subscri
 // that ctx's cancellation does not reach, so they can finish and settle.
 // A delivery past the subscription's MaxDeliveries (its lock expired on the
 // last allowed one) is dead-lettered without calling h. Receive returns an
-// error when the subscription does not exist or the consumer goes away.
+// error when the subscription does not exist or is deleted while it runs.
+//
+// Each pull is one Fetch of up to opts.Prefetch messages, reissued when it
+// is complete. (The client's continuous Messages/Consume iterators can stop
+// issuing pull requests when the previous request is answered before the
+// client has recorded that it was sent; they recover only after a missed
+// heartbeat, so the loop keeps the request cycle in its own hands.)
 func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.ReceiveOptions, h bus.Handler) error {
 	if err := b.checkOpen(); err != nil {
 		return err
@@ -78,13 +84,8 @@ func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.
 	if prefetch <= 0 {
 		prefetch = concurrency
 	}
-	it, err := ref.cons.Messages(jetstream.PullMaxMessages(prefetch))
-	if err != nil {
-		return fmt.Errorf("receive %s/%s: %w", topic, subscription, b.closedOr(err))
-	}
 	stopWatch, err := b.watchMaxDeliveries(ctx, ref)
 	if err != nil {
-		it.Stop()
 		return fmt.Errorf("receive %s/%s: %w", topic, subscription, err)
 	}
 	defer stopWatch()
@@ -96,57 +97,14 @@ func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.
 		renewEvery: opts.RenewEvery,
 		hctx:       context.WithoutCancel(ctx),
 		log:        b.log.With("topic", topic, "subscription", subscription),
+		slots:      make(chan struct{}, concurrency),
 	}
-	var handlers sync.WaitGroup
-	slots := make(chan struct{}, concurrency)
-	var loopErr error
-loop:
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			if ctx.Err() == nil {
-				loopErr = fmt.Errorf("receive %s/%s: %w", topic, subscription, b.closedOr(err))
-			}
-			break
-		}
-		d, err := r.delivery(msg)
-		if err != nil {
-			r.log.Error("unreadable delivery, releasing it", "error", err)
-			_ = msg.Nak()
-			continue
-		}
-		if d.pastLimit() {
-			handlers.Go(func() { r.expire(d) })
-			continue
-		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			r.release(d)
-			break loop
-		}
-		handlers.Go(func() {
-			defer func() { <-slots }()
-			r.handle(d)
-		})
+	err = r.pull(ctx, prefetch)
+	r.handlers.Wait()
+	if err != nil {
+		return fmt.Errorf("receive %s/%s: %w", topic, subscription, err)
 	}
-
-	// Stop pulling and hand back what is still buffered.
-	it.Drain()
-	for {
-		msg, err := it.Next(jetstream.NextMaxWait(drainWait))
-		if err != nil {
-			break
-		}
-		if d, err := r.delivery(msg); err == nil {
-			r.release(d)
-		} else {
-			_ = msg.Nak()
-		}
-	}
-	it.Stop()
-	handlers.Wait()
-	return loopErr
+	return nil
 }
 
 // receiveLoop is the state one Receive shares with its handlers.
@@ -157,6 +115,73 @@ type receiveLoop struct {
 	renewEvery time.Duration
 	hctx       context.Context
 	log        *slog.Logger
+	slots      chan struct{} // one per running handler
+	handlers   sync.WaitGroup
+}
+
+// pull fetches and dispatches until ctx is cancelled or the subscription
+// is gone.
+func (r *receiveLoop) pull(ctx context.Context, batchSize int) error {
+	retry := backoff.NewExponentialBackOff()
+	retry.MaxInterval = 10 * time.Second
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, pullWait)
+		batch, err := r.ref.cons.Fetch(batchSize, jetstream.FetchContext(fctx))
+		if err == nil {
+			for msg := range batch.Messages() {
+				r.dispatch(ctx, msg)
+			}
+			err = batch.Error()
+		}
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			retry.Reset()
+			continue
+		}
+		if err := r.b.checkOpen(); err != nil {
+			return err
+		}
+		if _, cerr := r.b.js.Consumer(ctx, r.ref.stream, r.ref.consumer); errors.Is(cerr, jetstream.ErrConsumerNotFound) || errors.Is(cerr, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("subscription is gone: %w", cerr)
+		}
+		wait := retry.NextBackOff()
+		r.log.Warn("pull failed, retrying", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+// dispatch hands one message to a free handler, dead-letters it when it is
+// past MaxDeliveries, or releases it when Receive is stopping.
+func (r *receiveLoop) dispatch(ctx context.Context, msg jetstream.Msg) {
+	d, err := r.delivery(msg)
+	if err != nil {
+		r.log.Error("unreadable delivery, releasing it", "error", err)
+		_ = msg.Nak()
+		return
+	}
+	if d.pastLimit() {
+		r.handlers.Go(func() { r.expire(d) })
+		return
+	}
+	select {
+	case r.slots <- struct{}{}:
+	case <-ctx.Done():
+		r.release(d)
+		return
+	}
+	if ctx.Err() != nil { // both cases were ready; prefer stopping
+		<-r.slots
+		r.release(d)
+		return
+	}
+	r.handlers.Go(func() {
+		defer func() { <-r.slots }()
+		r.handle(d)
+	})
 }
 
 // delivery wraps a received message.
