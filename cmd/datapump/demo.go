@@ -69,6 +69,7 @@ reports what reached the CIS.`,
 	cmd.Flags().IntVar(&opts.InsertRate, "insert-rate", opts.InsertRate, "items per second the simulated applications write")
 	cmd.Flags().StringVar(&opts.Dir, "dir", "", "keep the databases in this folder (default: a temporary folder, removed)")
 	cmd.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up after this long")
+	cmd.Flags().StringVar(&opts.HTTPAddr, "http", "", "serve /metrics, /healthz, /readyz and the status page on this address while the demo runs")
 	cmd.Flags().BoolVar(&summaryJSON, "summary-json", false, "end the output with one JSON line of the summary")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd

@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/datapump/datapump/internal/admin"
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/bus/jetstream"
 	"github.com/datapump/datapump/internal/catalog"
@@ -21,6 +24,7 @@ import (
 	"github.com/datapump/datapump/internal/store"
 	"github.com/datapump/datapump/internal/store/postgres"
 	"github.com/datapump/datapump/internal/store/sqlite"
+	"github.com/datapump/datapump/internal/telemetry"
 )
 
 // App holds the open adapters of one configuration.
@@ -33,6 +37,9 @@ type App struct {
 	Leaser  store.Leaser
 	Bus     bus.Bus
 	CIS     *cis.Client
+	Metrics *telemetry.Metrics
+	// Tracer traces items across the jobs (a no-op unless tracing is configured).
+	Tracer trace.Tracer
 
 	closers []func() error
 }
@@ -44,7 +51,19 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	if err != nil {
 		return nil, fmt.Errorf("item types: %w", err)
 	}
-	a := &App{Config: cfg, Logger: logger, Items: reg, Shards: map[string]store.Store{}}
+	a := &App{Config: cfg, Logger: logger, Items: reg, Shards: map[string]store.Store{}, Metrics: telemetry.NewMetrics()}
+	tp, shutdownTracing, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{
+		OTLPEndpoint: cfg.Tracing.OTLPEndpoint, Insecure: cfg.Tracing.Insecure, SampleRatio: cfg.Tracing.SampleRatio, ServiceName: "datapump",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	a.Tracer = tp.Tracer("github.com/datapump/datapump")
+	a.closers = append(a.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return shutdownTracing(ctx)
+	})
 	for _, sc := range cfg.Shards {
 		st, err := openStore(ctx, sc.Driver, sc.DSN, sc.MaxConns, reg.Sources(), logger.With("shard", sc.Name))
 		if err != nil {
@@ -159,16 +178,46 @@ func (a *App) Provision(ctx context.Context) error {
 	return nil
 }
 
-// Deps returns the ports the jobs work through.
+// Deps returns the ports the jobs work through. Events default to the
+// app's metrics.
 func (a *App) Deps(events pump.Events) *pump.Deps {
 	var sender pump.CISSender
 	if a.CIS != nil {
 		sender = a.CIS
 	}
+	if events == nil {
+		events = telemetry.PumpEvents{M: a.Metrics, Now: time.Now}
+	}
 	return &pump.Deps{
 		Catalog: a.Catalog, Shards: a.Shards, Leaser: a.Leaser, Bus: a.Bus, Items: a.Items,
-		CIS: sender, Logger: a.Logger, Now: time.Now, Events: events,
+		CIS: sender, Logger: a.Logger, Now: time.Now, Events: events, Tracer: a.Tracer,
 	}
+}
+
+// Backlog reads every biller's backlog and refreshes the breaker gauges.
+func (a *App) Backlog(ctx context.Context) ([]pump.BillerBacklog, error) {
+	billers, err := pump.Backlog(ctx, a.Catalog, a.Shards)
+	if a.CIS != nil {
+		for _, b := range billers {
+			a.Metrics.CISBreakerState.WithLabelValues(b.BillerID).Set(breakerValue(a.CIS.BreakerState(b.BillerID)))
+		}
+	}
+	return billers, err
+}
+
+func breakerValue(state string) float64 {
+	switch state {
+	case "half-open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
+}
+
+// Admin returns the admin HTTP server over this app.
+func (a *App) Admin() *admin.Server {
+	return &admin.Server{Catalog: a.Catalog, Shards: a.Shards, Ready: a.Ping, Registry: a.Metrics.Registry, Logger: a.Logger}
 }
 
 // Ping checks every database and the bus.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/pump"
 	"github.com/datapump/datapump/internal/service"
+	"github.com/datapump/datapump/internal/telemetry"
 )
 
 // Job names for `datapump run --jobs`.
@@ -46,11 +48,15 @@ func ParseJobs(s string) ([]string, error) {
 
 // Runner runs the chosen jobs until Stop.
 type Runner struct {
+	// AdminAddr is the admin server's address once started, if any.
+	AdminAddr string
+
 	app       *App
 	jobs      []string
 	events    pump.Events
 	publisher *pump.Publisher
 	loops     []*service.Loop
+	refresher *telemetry.BacklogRefresher
 }
 
 // NewRunner builds the jobs. The bus must be open.
@@ -108,8 +114,31 @@ func (r *Runner) Start(ctx context.Context) error {
 			}
 		}
 	}
+	if cfg.HTTP.Addr != "" {
+		if err := r.serveAdmin(ctx, cfg.HTTP.Addr); err != nil {
+			return err
+		}
+	}
 	a.Logger.Info("jobs started", "jobs", strings.Join(r.jobs, ","), "owner", cfg.Owner)
 	return nil
+}
+
+// serveAdmin serves /healthz, /readyz, /metrics and the status page, and
+// keeps the backlog gauges fresh.
+func (r *Runner) serveAdmin(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin server: %w", err)
+	}
+	r.AdminAddr = ln.Addr().String()
+	srv := r.app.Admin()
+	l := &service.Loop{}
+	r.loops = append(r.loops, l)
+	if err := l.Start(ctx, func(ctx context.Context) error { return srv.Serve(ctx, ln) }); err != nil {
+		return err
+	}
+	r.refresher = &telemetry.BacklogRefresher{M: r.app.Metrics, Read: r.app.Backlog, Every: max(r.app.Config.Publisher.Interval, time.Second), Logger: r.app.Logger}
+	return r.refresher.Start(ctx)
 }
 
 func (r *Runner) receive(ctx context.Context, topic, sub string, opts bus.ReceiveOptions, h bus.Handler) error {
@@ -137,6 +166,9 @@ func (r *Runner) Stop() error {
 	var errs []error
 	if r.publisher != nil {
 		errs = append(errs, r.publisher.Stop())
+	}
+	if r.refresher != nil {
+		errs = append(errs, r.refresher.Stop())
 	}
 	for _, l := range r.loops {
 		errs = append(errs, l.Stop())

@@ -49,6 +49,15 @@ type Config struct {
 	ItemTypes []ItemTypeConfig `koanf:"item_types"`
 	HTTP      HTTPConfig       `koanf:"http"`
 	Log       LogConfig        `koanf:"log"`
+	Tracing   TracingConfig    `koanf:"tracing"`
+}
+
+// TracingConfig sends OpenTelemetry traces to an OTLP/HTTP collector.
+type TracingConfig struct {
+	// OTLPEndpoint is host:port of the collector; empty disables tracing.
+	OTLPEndpoint string  `koanf:"otlp_endpoint"`
+	Insecure     bool    `koanf:"insecure"`
+	SampleRatio  float64 `koanf:"sample_ratio"`
 }
 
 // CatalogConfig says where the billers are.
@@ -196,7 +205,8 @@ func Default() Config {
 			Timeout: 10 * time.Second, Retries: 2, BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
 			MaxConcurrent: 16, BreakerFailures: 20, BreakerOpenFor: 30 * time.Second,
 		},
-		Log: LogConfig{Level: "info", Format: "json"},
+		Log:     LogConfig{Level: "info", Format: "json"},
+		Tracing: TracingConfig{SampleRatio: 1},
 	}
 }
 
@@ -431,6 +441,9 @@ func (c Config) Validate() error {
 	positive("cis.breaker_open_for", c.CIS.BreakerOpenFor)
 	if _, err := c.Registry(); err != nil {
 		add("item_types", "%v", err)
+	}
+	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+		add("tracing.sample_ratio", "%v is not between 0 and 1", c.Tracing.SampleRatio)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

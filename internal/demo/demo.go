@@ -48,6 +48,8 @@ type Options struct {
 	// instead, when the output is not a terminal (nil: none).
 	ProgressLines io.Writer
 	Logger        *slog.Logger
+	// HTTPAddr, when set, serves the admin endpoints and status page there.
+	HTTPAddr string
 	// Configure, when set, may adjust the generated configuration.
 	Configure func(*config.Config)
 }
@@ -124,6 +126,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	cisURL := "http://" + ln.Addr().String()
 
 	cfg := Config(dir, opts.Shards)
+	cfg.HTTP.Addr = opts.HTTPAddr
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}

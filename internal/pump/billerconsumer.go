@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/catalog"
 	"github.com/datapump/datapump/internal/items"
@@ -50,6 +53,9 @@ func NewBillerConsumer(deps *Deps, cfg BillerConsumerConfig) (*BillerConsumer, e
 
 // Handle processes one biller message and settles it.
 func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
+	ctx, span := c.deps.Tracer.Start(extractTrace(ctx, d), "biller_consumer.handle", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("message_id", d.ID)))
+	defer span.End()
 	m, err := DecodeBillerMessage(d.Body)
 	if err != nil {
 		deadLetter(ctx, c.deps, d, ReasonInvalidMessage, err)
@@ -118,7 +124,11 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 			return moved, fmt.Errorf("mark items queued: %w", err)
 		}
 		moved += len(claimed)
-		c.deps.Events.ItemsQueued(b.ID, n)
+		created := make([]time.Time, 0, n)
+		for _, cl := range claimed {
+			created = append(created, cl.SourceCreatedAt)
+		}
+		c.deps.Events.ItemsQueued(b.ID, created)
 		if err := d.RenewLock(ctx); err != nil {
 			return moved, fmt.Errorf("renew biller message lock: %w", err)
 		}
@@ -141,12 +151,18 @@ func (c *BillerConsumer) publish(ctx context.Context, b catalog.Biller, claimed 
 		if err != nil {
 			return err
 		}
+		spanCtx, span := c.deps.Tracer.Start(ctx, "biller_consumer.publish_item", trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("item", cl.ItemKey.String()), attribute.String("message_id", m.ID)))
+		injectTrace(spanCtx, &m)
+		span.End()
 		byTopic[typ.Topic] = append(byTopic[typ.Topic], m)
 	}
 	for _, topic := range sortedKeys(byTopic) {
-		if _, err := c.deps.Bus.Publish(ctx, topic, byTopic[topic]...); err != nil {
+		r, err := c.deps.Bus.Publish(ctx, topic, byTopic[topic]...)
+		if err != nil {
 			return fmt.Errorf("publish items to %s: %w", topic, err)
 		}
+		c.deps.Events.DuplicatesDropped(topic, r.Duplicates)
 	}
 	return nil
 }

@@ -9,6 +9,11 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/catalog"
 	"github.com/datapump/datapump/internal/cis"
@@ -60,6 +65,9 @@ func (c *ItemConsumer) Topic() string { return c.typ.Topic }
 
 // Handle processes one item message and settles it.
 func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
+	ctx, span := c.deps.Tracer.Start(extractTrace(ctx, d), "item_consumer.handle", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("message_id", d.ID), attribute.String("topic", d.Topic), attribute.Int("delivery_count", d.DeliveryCount)))
+	defer span.End()
 	m, err := DecodeItemMessage(d.Body)
 	if err != nil {
 		deadLetter(ctx, c.deps, d, ReasonInvalidMessage, err)
@@ -159,8 +167,14 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 	lost := c.keepLease(workCtx, cancel, st, fence)
 	err := c.deliver(workCtx, ref, b)
 	cancel()
+	outcome := ItemOutcome{Ref: ref, SourceCreatedAt: ctl.SourceCreatedAt, Err: err}
+	report := func(o string) {
+		outcome.Outcome, outcome.At = o, c.deps.Now()
+		c.deps.Events.ItemFinished(outcome)
+	}
 	if <-lost {
 		log.Warn("lease lost while processing; the new holder finishes the item", "error", err)
+		report(OutcomeLeaseLost)
 		complete(ctx, c.deps, d)
 		return
 	}
@@ -180,12 +194,15 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 		}
 		if !ok {
 			log.Warn("lease lost before marking processed; the new holder finishes the item")
+			report(OutcomeLeaseLost)
 		} else {
-			c.deps.Events.ItemDelivered(ref)
+			report(OutcomeDelivered)
 		}
 		complete(settleCtx, c.deps, d)
 	case isPermanent(err) || ctl.Attempts+1 >= c.cfg.MaxAttempts:
-		c.fail(settleCtx, d, ref, fence, err)
+		if c.fail(settleCtx, d, ref, fence, err) {
+			report(OutcomeFailed)
+		}
 	default:
 		retryIn := c.backoff(ctl.Attempts + 1)
 		ok, rerr := st.ControlRelease(settleCtx, store.ControlReleaseParams{Fenced: fence, Error: err.Error(), RetryIn: retryIn})
@@ -195,26 +212,28 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 			log.Warn("lease lost before release")
 		}
 		log.Warn("item delivery failed; will retry", "error", err, "attempt", ctl.Attempts+1, "retry_in", retryIn)
-		c.deps.Events.ItemRetried(ref, err)
+		report(OutcomeRetried)
 		abandon(settleCtx, c.deps, d, retryIn)
 	}
 }
 
-func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, fence store.Fenced, cause error) {
+// fail marks the item Failed and dead-letters its message; it reports
+// whether the item is now Failed by this worker's hand.
+func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, fence store.Fenced, cause error) bool {
 	st := c.deps.Shards[ref.Shard]
 	ok, err := st.ControlFinish(ctx, store.ControlFinishParams{Fenced: fence, Status: store.StatusFailed, Error: cause.Error()})
 	if err != nil {
 		c.deps.Logger.Error("mark failed", "item", ref.ItemKey.String(), "error", err)
 		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
-		return
+		return false
 	}
 	if !ok {
 		c.deps.Logger.Warn("lease lost before marking failed", "item", ref.ItemKey.String())
 		complete(ctx, c.deps, d)
-		return
+		return false
 	}
-	c.deps.Events.ItemFailed(ref, cause)
 	deadLetter(ctx, c.deps, d, ReasonItemFailed, cause)
+	return true
 }
 
 // keepLease renews the item's lease every third of its length until ctx
@@ -277,6 +296,11 @@ func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Bille
 	}
 	header := http.Header{}
 	header.Set("X-Biller-Id", b.ID)
+	ctx, span := c.deps.Tracer.Start(ctx, "cis.send", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("biller", b.ID), attribute.String("path", c.typ.CISPath)))
+	defer span.End()
+	traceContext.Inject(ctx, propagation.HeaderCarrier(header))
+	start := c.deps.Now()
 	_, err = c.deps.CIS.Send(ctx, cis.Request{
 		BillerID:       b.ID,
 		Endpoint:       b.CIS,
@@ -285,7 +309,16 @@ func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Bille
 		Body:           body,
 		Header:         header,
 	})
+	outcome := CISOutcomeOK
+	switch {
+	case err != nil && cis.IsPermanent(err):
+		outcome = CISOutcomePermanent
+	case err != nil:
+		outcome = CISOutcomeTransient
+	}
+	c.deps.Events.CISCall(b.ID, outcome, c.deps.Now().Sub(start))
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return fmt.Errorf("send %s to CIS: %w", ref.ItemKey, err)
 	}
 	return nil

@@ -7,6 +7,9 @@ import (
 	"sort"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/catalog"
 	"github.com/datapump/datapump/internal/items"
@@ -95,6 +98,12 @@ type RoundResult struct {
 // Round runs one publisher round: take or renew the lease; if leader,
 // announce every poll biller with pending items, then rescue stuck items.
 func (p *Publisher) Round(ctx context.Context) (RoundResult, error) {
+	res, err := p.round(ctx)
+	p.deps.Events.PublisherRound(res.Leader, err)
+	return res, err
+}
+
+func (p *Publisher) round(ctx context.Context) (RoundResult, error) {
 	var res RoundResult
 	leader, err := p.deps.Leaser.LeaseAcquire(ctx, PublisherLease, p.cfg.Owner, p.cfg.LeaseTTL)
 	if err != nil {
@@ -148,6 +157,10 @@ func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res 
 				errs = append(errs, err)
 				continue
 			}
+			spanCtx, span := p.deps.Tracer.Start(ctx, "publisher.announce", trace.WithSpanKind(trace.SpanKindProducer),
+				trace.WithAttributes(attribute.String("biller", c.BillerID), attribute.String("shard", shardName), attribute.Int64("pending", c.Pending)))
+			injectTrace(spanCtx, &m)
+			span.End()
 			msgs = append(msgs, m)
 		}
 	}
@@ -158,6 +171,7 @@ func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res 
 		}
 		res.BillersAnnounced += r.Published
 		res.DuplicatesDropped += r.Duplicates
+		p.deps.Events.DuplicatesDropped(items.BillerTopic, r.Duplicates)
 	}
 	return errors.Join(errs...)
 }
@@ -192,6 +206,7 @@ func (p *Publisher) rescue(ctx context.Context, billers []catalog.Biller, res *R
 			errs = append(errs, err)
 		}
 	}
+	p.deps.Events.ItemsRescued(res.Rescued, res.Reclaimed)
 	return errors.Join(errs...)
 }
 

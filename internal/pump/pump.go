@@ -21,6 +21,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/catalog"
 	"github.com/datapump/datapump/internal/cis"
@@ -64,16 +67,55 @@ type Deps struct {
 	Now func() time.Time
 	// Events, when set, is told of each item outcome (metrics, progress).
 	Events Events
+	// Tracer, when set, traces each item across the three jobs; the W3C
+	// traceparent travels in message properties.
+	Tracer trace.Tracer
 }
 
-// Events receives item outcomes. Implementations must be safe for
-// concurrent use and fast.
+// Events receives what the jobs do, for metrics and progress.
+// Implementations must be safe for concurrent use and fast.
 type Events interface {
-	ItemsQueued(billerID string, n int)
-	ItemDelivered(key ItemRef)
-	ItemFailed(key ItemRef, err error)
-	ItemRetried(key ItemRef, err error)
+	// ItemsQueued: a biller consumer published items (their source created-at times).
+	ItemsQueued(billerID string, createdAt []time.Time)
+	// ItemFinished: an item consumer settled one item.
+	ItemFinished(o ItemOutcome)
+	// CISCall: one delivery to a CIS (in-call retries included) ended.
+	CISCall(billerID, outcome string, d time.Duration)
+	// ItemsRescued: the rescuer republished n stuck items and returned
+	// reclaimed expired leases to Queued.
+	ItemsRescued(republished, reclaimed int)
+	// ItemsReconciled: the reconcile sweep published n unannounced items of a direct biller.
+	ItemsReconciled(billerID string, n int)
+	// MessageDeadLettered: a message was dead-lettered with reason.
 	MessageDeadLettered(topic, reason string)
+	// DuplicatesDropped: the broker dropped n published messages as duplicates.
+	DuplicatesDropped(topic string, n int)
+	// PublisherRound: a publisher round ended; leader says whether this replica leads.
+	PublisherRound(leader bool, err error)
+}
+
+// Item outcomes reported in ItemOutcome.Outcome and CIS call outcomes.
+const (
+	OutcomeDelivered = "delivered"
+	OutcomeFailed    = "failed"
+	OutcomeRetried   = "retried"
+	OutcomeSkipped   = "skipped"
+	OutcomeLeaseLost = "lease_lost"
+
+	CISOutcomeOK        = "ok"
+	CISOutcomeTransient = "transient"
+	CISOutcomePermanent = "permanent"
+)
+
+// ItemOutcome is what happened to one item in an item consumer.
+type ItemOutcome struct {
+	Ref     ItemRef
+	Outcome string
+	// SourceCreatedAt is the source row's created-at, when known.
+	SourceCreatedAt time.Time
+	// At is when the outcome was recorded (pod clock).
+	At  time.Time
+	Err error
 }
 
 // ItemRef names an item across shards.
@@ -106,6 +148,9 @@ func (d *Deps) validate() error {
 	if d.Events == nil {
 		d.Events = noEvents{}
 	}
+	if d.Tracer == nil {
+		d.Tracer = noop.NewTracerProvider().Tracer("datapump")
+	}
 	return nil
 }
 
@@ -119,11 +164,14 @@ func (d *Deps) shard(name string) (store.Store, error) {
 
 type noEvents struct{}
 
-func (noEvents) ItemsQueued(string, int)            {}
-func (noEvents) ItemDelivered(ItemRef)              {}
-func (noEvents) ItemFailed(ItemRef, error)          {}
-func (noEvents) ItemRetried(ItemRef, error)         {}
-func (noEvents) MessageDeadLettered(string, string) {}
+func (noEvents) ItemsQueued(string, []time.Time)       {}
+func (noEvents) ItemFinished(ItemOutcome)              {}
+func (noEvents) CISCall(string, string, time.Duration) {}
+func (noEvents) ItemsRescued(int, int)                 {}
+func (noEvents) ItemsReconciled(string, int)           {}
+func (noEvents) MessageDeadLettered(string, string)    {}
+func (noEvents) DuplicatesDropped(string, int)         {}
+func (noEvents) PublisherRound(bool, error)            {}
 
 // billerCache reads billers through the catalog at most once per ttl, so
 // every replica honours a toggle change within ttl (one publisher interval).
