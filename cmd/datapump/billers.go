@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"text/tabwriter"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/datapump/datapump/internal/app"
 	"github.com/datapump/datapump/internal/catalog"
 )
 
@@ -25,11 +23,7 @@ func billersCmd(env *cliEnv) *cobra.Command {
 		Short: "List billers with their shard, mode and cut-over",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, logger, err := env.loadConfig()
-			if err != nil {
-				return err
-			}
-			a, err := app.Open(cmd.Context(), cfg, logger)
+			a, err := env.openApp(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -42,7 +36,7 @@ func billersCmd(env *cliEnv) *cobra.Command {
 				if bs == nil {
 					bs = []catalog.Biller{}
 				}
-				return json.NewEncoder(env.stdout).Encode(bs)
+				return env.printJSON(bs)
 			}
 			tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "BILLER\tSHARD\tMODE\tCUTOVER\tCIS")
@@ -65,11 +59,7 @@ func billersCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			cfg, logger, err := env.loadConfig()
-			if err != nil {
-				return err
-			}
-			a, err := app.Open(cmd.Context(), cfg, logger)
+			a, err := env.openApp(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -82,7 +72,7 @@ func billersCmd(env *cliEnv) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return json.NewEncoder(env.stdout).Encode(b)
+				return env.printJSON(b)
 			}
 			fmt.Fprintf(env.stdout, "biller %s is now %s (cut-over %s)\n", b.ID, b.Mode, b.CutoverAt.UTC().Format(time.RFC3339Nano))
 			return nil

@@ -50,6 +50,9 @@ func run(ctx context.Context, stopSignals func(), args []string, stdout, stderr 
 		migrateCmd(env),
 		mockCISCmd(env),
 		billersCmd(env),
+		statusCmd(env),
+		inspectCmd(env),
+		retryCmd(env),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

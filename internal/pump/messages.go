@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -171,4 +172,18 @@ func decodeStrict(body []byte, v any) error {
 		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidMessage)
 	}
 	return nil
+}
+
+// ParseItemMessageID splits "{shard}:{itemType}:{itemId}" (with an optional
+// ":suffix" of a rescue or retry) into its parts.
+func ParseItemMessageID(id string) (shard, itemType string, itemID int64, err error) {
+	parts := strings.Split(id, ":")
+	if len(parts) < 3 || parts[0] == "" || parts[1] == "" {
+		return "", "", 0, fmt.Errorf("%q is not an item id of the form shard:itemType:itemId", id)
+	}
+	n, perr := strconv.ParseInt(parts[2], 10, 64)
+	if perr != nil || n <= 0 {
+		return "", "", 0, fmt.Errorf("%q: item id %q is not a positive integer", id, parts[2])
+	}
+	return parts[0], parts[1], n, nil
 }

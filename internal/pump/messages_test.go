@@ -59,3 +59,19 @@ func TestDecodeRejectsBadMessagesNamingTheField(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidMessage)
 	require.Contains(t, err.Error(), "billerId")
 }
+
+func TestParseItemMessageID(t *testing.T) {
+	t.Parallel()
+	shard, typ, id, err := ParseItemMessageID("shard1:payment:42")
+	require.NoError(t, err)
+	require.Equal(t, "shard1", shard)
+	require.Equal(t, "payment", typ)
+	require.Equal(t, int64(42), id)
+	_, _, id, err = ParseItemMessageID("shard1:payment:42:rescue:17")
+	require.NoError(t, err)
+	require.Equal(t, int64(42), id)
+	for _, bad := range []string{"", "42", "shard1:payment", "shard1:payment:x", ":payment:1", "s:p:-1"} {
+		_, _, _, err := ParseItemMessageID(bad)
+		require.Error(t, err, bad)
+	}
+}
