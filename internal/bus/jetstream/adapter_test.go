@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -71,6 +72,35 @@ func TestEmbeddedInProcessHasNoURL(t *testing.T) {
 	b := openEmbedded(t, EmbeddedConfig{})
 	require.Empty(t, b.ClientURL())
 	require.Nil(t, b.srv.Addr(), "the in-process server listens on no port")
+}
+
+func TestEmbeddedTempStoreIsRemovedOnClose(t *testing.T) {
+	t.Parallel()
+	b, err := Open(t.Context(), Config{})
+	require.NoError(t, err)
+	require.DirExists(t, b.tempDir)
+	require.NoError(t, b.Close())
+	require.NoDirExists(t, b.tempDir)
+}
+
+func TestCloseStopsRunningReceive(t *testing.T) {
+	t.Parallel()
+	b, err := Open(t.Context(), Config{})
+	require.NoError(t, err)
+	sub := provision(t, b, bustest.NewTestID(), 5)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Receive(t.Context(), sub.Topic, sub.Name, bus.ReceiveOptions{}, func(context.Context, *bus.Delivery) {})
+	}()
+	require.Eventually(t, func() bool { return b.nc.NumSubscriptions() >= 2 }, 10*time.Second, 10*time.Millisecond,
+		"Receive has subscribed (advisories and a pull inbox)")
+	require.NoError(t, b.Close())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, bus.ErrClosed)
+	case <-time.After(30 * time.Second):
+		require.FailNow(t, "Receive kept running after Close")
+	}
 }
 
 func TestEmbeddedListenSharesServer(t *testing.T) {
@@ -222,4 +252,30 @@ func TestMaxDeliveriesAdvisoryFallback(t *testing.T) {
 	require.Equal(t, 1, dls[0].DeliveryCount)
 	require.Contains(t, dls[0].Description, "server stopped redelivering")
 	require.Empty(t, handled, "the handler never saw the message")
+}
+
+// BenchmarkPublish measures one Publish call of 100 messages (async
+// publishes, one wait for all acknowledgements) on the embedded server.
+func BenchmarkPublish(b *testing.B) {
+	bs, err := Open(b.Context(), Config{})
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = bs.Close() })
+	topic := bustest.NewTestID()
+	require.NoError(b, bs.EnsureTopic(b.Context(), bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute}))
+	require.NoError(b, bs.EnsureSubscription(b.Context(), bus.SubscriptionSpec{Topic: topic, Name: "bench"}))
+	const batch = 100
+	msgs := make([]bus.Message, batch)
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		for i := range msgs {
+			msgs[i] = bus.Message{ID: fmt.Sprintf("m-%d", n), Body: []byte(`{"item":1}`), Properties: map[string]string{"biller": "b-1"}}
+			n++
+		}
+		res, err := bs.Publish(b.Context(), topic, msgs...)
+		if err != nil || res.Published != batch {
+			b.Fatalf("publish: %+v %v", res, err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
 }

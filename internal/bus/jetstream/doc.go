@@ -42,6 +42,11 @@
 //     the drain; messages already fetched but not yet handled are released
 //     with Nak. A message the server sends into a pull request abandoned at
 //     shutdown is redelivered after its lock duration.
+//   - JetStream settles by stream sequence, not by delivery: a settle that
+//     arrives after the lock expired still applies to the message (a late
+//     Complete acknowledges it even if it was redelivered meanwhile), so
+//     this adapter never returns bus.ErrLockLost. Handlers must be
+//     idempotent anyway; the pump's conditional updates make them so.
 //
 // # Dead letters and MaxDeliveries
 //

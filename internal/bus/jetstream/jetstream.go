@@ -63,6 +63,8 @@ type Bus struct {
 	replicas int
 
 	closed     atomic.Bool
+	life       context.Context // cancelled by Close, stops running Receives
+	endLife    context.CancelFunc
 	closeOnce  sync.Once
 	closeErr   error
 	connClosed chan struct{}
@@ -82,11 +84,13 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
+	b.life, b.endLife = context.WithCancel(context.Background())
 	b.log = b.log.With("component", "bus.jetstream")
 
 	var connOpts []nats.Option
 	if cfg.URL == "" {
 		if err := b.startEmbedded(ctx, cfg.Embedded); err != nil {
+			b.endLife()
 			return nil, err
 		}
 		connOpts = append(connOpts, nats.InProcessServer(b.srv))
@@ -121,12 +125,14 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 
 	nc, err := nats.Connect(cfg.URL, connOpts...)
 	if err != nil {
+		b.endLife()
 		b.stopEmbedded()
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
 	b.nc = nc
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*publishChunk))
 	if err != nil {
+		b.endLife()
 		nc.Close()
 		b.stopEmbedded()
 		return nil, fmt.Errorf("jetstream context: %w", err)
@@ -166,10 +172,13 @@ func (b *Bus) Ping(ctx context.Context) error {
 
 // Close drains the connection (pending publishes and acks are flushed),
 // then shuts the embedded server down and waits for it. Call it after every
-// Receive has returned. Close is idempotent.
+// Receive has returned; a Receive still running stops pulling and returns
+// bus.ErrClosed once its handlers return (their settles fail with
+// bus.ErrClosed). Close is idempotent.
 func (b *Bus) Close() error {
 	b.closeOnce.Do(func() {
 		b.closed.Store(true)
+		b.endLife()
 		var errs []error
 		if err := b.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			errs = append(errs, fmt.Errorf("drain nats connection: %w", err))

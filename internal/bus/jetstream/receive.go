@@ -99,8 +99,15 @@ func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.
 		log:        b.log.With("topic", topic, "subscription", subscription),
 		slots:      make(chan struct{}, concurrency),
 	}
-	err = r.pull(ctx, prefetch)
+	// Close stops the pulling too, not only ctx.
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(b.life, cancel)()
+	err = r.pull(pctx, prefetch)
 	r.handlers.Wait()
+	if err == nil && ctx.Err() == nil {
+		err = b.checkOpen()
+	}
 	if err != nil {
 		return fmt.Errorf("receive %s/%s: %w", topic, subscription, err)
 	}
