@@ -77,6 +77,9 @@ func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.
 	}
 	ref, err := b.resolve(ctx, topic, subscription)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
 		return fmt.Errorf("receive %s/%s: %w", topic, subscription, err)
 	}
 	concurrency := max(opts.Concurrency, 1)
