@@ -19,6 +19,7 @@ var (
 	// ErrSettled is returned when a delivery is settled twice.
 	ErrSettled = errors.New("delivery already settled")
 	// ErrLockLost means the broker no longer holds the message for us.
+	// Adapters that settle by stream sequence (JetStream) may never return it.
 	ErrLockLost = errors.New("message lock lost")
 )
 
@@ -141,7 +142,8 @@ type Bus interface {
 	Publish(ctx context.Context, topic string, msgs ...Message) (PublishResult, error)
 	// Receive delivers messages of the subscription to h until ctx is
 	// cancelled; then it stops taking messages, waits for the in-flight
-	// handlers to return, and returns nil.
+	// handlers to return, and returns nil. The handlers' context is not
+	// cancelled with ctx, so in-flight work can finish and settle.
 	Receive(ctx context.Context, topic, subscription string, opts ReceiveOptions, h Handler) error
 	// DeadLetters reads (without removing) up to max dead-lettered messages
 	// of a subscription, oldest first.
