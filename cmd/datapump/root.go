@@ -53,6 +53,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stdout, stderr 
 		statusCmd(env),
 		inspectCmd(env),
 		retryCmd(env),
+		provisionCmd(env),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

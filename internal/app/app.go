@@ -15,6 +15,7 @@ import (
 	"github.com/datapump/datapump/internal/admin"
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/bus/jetstream"
+	"github.com/datapump/datapump/internal/bus/servicebus"
 	"github.com/datapump/datapump/internal/catalog"
 	"github.com/datapump/datapump/internal/catalog/yamlfile"
 	"github.com/datapump/datapump/internal/cis"
@@ -125,18 +126,7 @@ func (a *App) Migrate(ctx context.Context) error {
 
 // OpenBus connects to the broker and the CIS client.
 func (a *App) OpenBus(ctx context.Context) error {
-	b, err := jetstream.Open(ctx, jetstream.Config{
-		URL: a.Config.Bus.NATS.URL,
-		Embedded: jetstream.EmbeddedConfig{
-			StoreDir:   a.Config.Bus.NATS.Embedded.StoreDir,
-			SyncAlways: a.Config.Bus.NATS.Embedded.SyncAlways,
-			Listen:     a.Config.Bus.NATS.Embedded.Listen,
-			Host:       a.Config.Bus.NATS.Embedded.Host,
-			Port:       a.Config.Bus.NATS.Embedded.Port,
-		},
-		Logger:      a.Logger,
-		ConnectName: "datapump-" + a.Config.Owner,
-	})
+	b, err := openBus(ctx, a.Config, a.Logger)
 	if err != nil {
 		return fmt.Errorf("open bus: %w", err)
 	}
@@ -152,29 +142,6 @@ func (a *App) OpenBus(ctx context.Context) error {
 		return fmt.Errorf("cis client: %w", err)
 	}
 	a.CIS = client
-	return nil
-}
-
-// Provision creates the topics and subscriptions every job uses; idempotent.
-func (a *App) Provision(ctx context.Context) error {
-	topics := []string{items.BillerTopic}
-	subs := []bus.SubscriptionSpec{{Topic: items.BillerTopic, Name: pump.BillerSubscription}}
-	for _, t := range a.Items.Types() {
-		topics = append(topics, t.Topic)
-		subs = append(subs, bus.SubscriptionSpec{Topic: t.Topic, Name: pump.ItemSubscription})
-	}
-	for _, t := range topics {
-		if err := a.Bus.EnsureTopic(ctx, bus.TopicSpec{Name: t, DuplicateWindow: a.Config.Bus.DuplicateWindow}); err != nil {
-			return fmt.Errorf("provision topic %s: %w", t, err)
-		}
-	}
-	for _, s := range subs {
-		s.LockDuration = a.Config.Bus.LockDuration
-		s.MaxDeliveries = a.Config.Bus.MaxDeliveries
-		if err := a.Bus.EnsureSubscription(ctx, s); err != nil {
-			return fmt.Errorf("provision subscription %s/%s: %w", s.Topic, s.Name, err)
-		}
-	}
 	return nil
 }
 
@@ -218,6 +185,36 @@ func breakerValue(state string) float64 {
 // Admin returns the admin HTTP server over this app.
 func (a *App) Admin() *admin.Server {
 	return &admin.Server{Catalog: a.Catalog, Shards: a.Shards, Ready: a.Ping, Registry: a.Metrics.Registry, Logger: a.Logger}
+}
+
+func openBus(ctx context.Context, cfg config.Config, logger *slog.Logger) (bus.Bus, error) {
+	switch cfg.Bus.Driver {
+	case config.DriverServiceBus:
+		sb := cfg.Bus.ServiceBus
+		b, err := servicebus.Open(ctx, servicebus.Config{
+			ConnectionString: sb.ConnectionString, Namespace: sb.Namespace, AdminEndpoint: sb.AdminEndpoint, Logger: logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Ping(ctx); err != nil {
+			b.Close()
+			return nil, err
+		}
+		return b, nil
+	case config.DriverNATS:
+		n := cfg.Bus.NATS
+		return jetstream.Open(ctx, jetstream.Config{
+			URL: n.URL,
+			Embedded: jetstream.EmbeddedConfig{
+				StoreDir: n.Embedded.StoreDir, SyncAlways: n.Embedded.SyncAlways,
+				Listen: n.Embedded.Listen, Host: n.Embedded.Host, Port: n.Embedded.Port,
+			},
+			Logger:      logger,
+			ConnectName: "datapump-" + cfg.Owner,
+		})
+	}
+	return nil, fmt.Errorf("unknown bus driver %q", cfg.Bus.Driver)
 }
 
 // Ping checks every database and the bus.

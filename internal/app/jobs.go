@@ -68,7 +68,7 @@ func (a *App) NewRunner(jobs []string, events pump.Events) (*Runner, error) {
 // Start provisions the topics and subscriptions and starts every job.
 func (r *Runner) Start(ctx context.Context) error {
 	a := r.app
-	if err := a.Provision(ctx); err != nil {
+	if _, err := a.Provision(ctx); err != nil {
 		return err
 	}
 	deps := a.Deps(r.events)

@@ -16,7 +16,8 @@ import (
 func TestPublisherOnlyOneReplicaLeads(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		h := newHarness(t, b, nil)
-		require.NoError(t, h.app.Provision(context.Background()))
+		_, err := h.app.Provision(context.Background())
+		require.NoError(t, err)
 		bl := h.biller("b1", "shard1", catalog.ModePoll)
 		h.insert(bl, 5, nil)
 		newPub := func(owner string) *pump.Publisher {

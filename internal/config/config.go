@@ -28,10 +28,12 @@ const EnvPrefix = "DATAPUMP_"
 
 // Drivers.
 const (
-	DriverSQLite   = "sqlite"
-	DriverPostgres = "postgres"
-	DriverYAML     = "yaml"
-	DriverNATS     = "nats"
+	DriverSQLite     = "sqlite"
+	DriverPostgres   = "postgres"
+	DriverSQLServer  = "sqlserver"
+	DriverYAML       = "yaml"
+	DriverNATS       = "nats"
+	DriverServiceBus = "servicebus"
 )
 
 // Config is the whole configuration.
@@ -82,9 +84,10 @@ type ShardConfig struct {
 
 // BusConfig is the message broker.
 type BusConfig struct {
-	// Driver is nats.
-	Driver string     `koanf:"driver"`
-	NATS   NATSConfig `koanf:"nats"`
+	// Driver is nats or servicebus.
+	Driver     string           `koanf:"driver"`
+	NATS       NATSConfig       `koanf:"nats"`
+	ServiceBus ServiceBusConfig `koanf:"servicebus"`
 	// TopicPrefix is put in front of every topic name, so several
 	// environments can share one broker.
 	TopicPrefix string `koanf:"topic_prefix"`
@@ -94,6 +97,17 @@ type BusConfig struct {
 	LockDuration time.Duration `koanf:"lock_duration"`
 	// MaxDeliveries before a message is dead-lettered.
 	MaxDeliveries int `koanf:"max_deliveries"`
+}
+
+// ServiceBusConfig is the Azure Service Bus adapter: a connection string
+// (a secret: give it as ${VAR}), or a namespace reached with the Azure
+// default credential (workload identity on AKS).
+type ServiceBusConfig struct {
+	ConnectionString string `koanf:"connection_string"`
+	// Namespace is the fully qualified namespace, e.g. acme.servicebus.windows.net.
+	Namespace string `koanf:"namespace"`
+	// AdminEndpoint overrides the management endpoint (the emulator's).
+	AdminEndpoint string `koanf:"admin_endpoint"`
 }
 
 // NATSConfig is the JetStream adapter: an external server, or an embedded one.
@@ -335,7 +349,7 @@ func (c Config) Validate() error {
 		add("owner", "required")
 	}
 	switch c.Catalog.Driver {
-	case DriverSQLite, DriverPostgres:
+	case DriverSQLite, DriverPostgres, DriverSQLServer:
 		if c.Catalog.DSN == "" {
 			add("catalog.dsn", "required for driver %s", c.Catalog.Driver)
 		}
@@ -344,7 +358,7 @@ func (c Config) Validate() error {
 			add("catalog.file", "required for driver yaml")
 		}
 	default:
-		add("catalog.driver", "%q is not one of sqlite, postgres, yaml", c.Catalog.Driver)
+		add("catalog.driver", "%q is not one of sqlite, postgres, sqlserver, yaml", c.Catalog.Driver)
 	}
 	if len(c.Shards) == 0 {
 		add("shards", "at least one shard is required")
@@ -359,8 +373,8 @@ func (c Config) Validate() error {
 			add(key+".name", "%q is defined twice", s.Name)
 		}
 		seen[s.Name] = true
-		if s.Driver != DriverSQLite && s.Driver != DriverPostgres {
-			add(key+".driver", "%q is not one of sqlite, postgres", s.Driver)
+		if s.Driver != DriverSQLite && s.Driver != DriverPostgres && s.Driver != DriverSQLServer {
+			add(key+".driver", "%q is not one of sqlite, postgres, sqlserver", s.Driver)
 		}
 		if s.DSN == "" {
 			add(key+".dsn", "required")
@@ -369,8 +383,18 @@ func (c Config) Validate() error {
 			add(key+".max_conns", "must not be negative")
 		}
 	}
-	if c.Bus.Driver != DriverNATS {
-		add("bus.driver", "%q is not one of nats", c.Bus.Driver)
+	switch c.Bus.Driver {
+	case DriverNATS:
+	case DriverServiceBus:
+		sb := c.Bus.ServiceBus
+		switch {
+		case sb.ConnectionString == "" && sb.Namespace == "":
+			add("bus.servicebus.connection_string", "a connection string or bus.servicebus.namespace is required")
+		case sb.ConnectionString != "" && sb.Namespace != "":
+			add("bus.servicebus.namespace", "give a connection string or a namespace, not both")
+		}
+	default:
+		add("bus.driver", "%q is not one of nats, servicebus", c.Bus.Driver)
 	}
 	if c.Bus.NATS.Embedded.Listen && (c.Bus.NATS.Embedded.Port < 0 || c.Bus.NATS.Embedded.Port > 65535) {
 		add("bus.nats.embedded.port", "%d is not a port", c.Bus.NATS.Embedded.Port)
