@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/datapump/datapump/docs/schemas"
 	"github.com/datapump/datapump/internal/bus"
 )
 
@@ -93,6 +94,9 @@ func EncodeBillerMessage(m BillerMessage, bucket time.Time) (bus.Message, error)
 // DecodeBillerMessage parses and validates a biller message body.
 func DecodeBillerMessage(body []byte) (BillerMessage, error) {
 	var m BillerMessage
+	if err := validateBody(body, schemas.BillerMessage); err != nil {
+		return m, err
+	}
 	if err := decodeStrict(body, &m); err != nil {
 		return m, err
 	}
@@ -137,8 +141,16 @@ func EncodeItemMessage(m ItemMessage, messageID string) (bus.Message, error) {
 // DecodeItemMessage parses and validates an item message body.
 func DecodeItemMessage(body []byte) (ItemMessage, error) {
 	var m ItemMessage
+	if err := validateBody(body, schemas.ItemMessage); err != nil {
+		return m, err
+	}
 	if err := decodeStrict(body, &m); err != nil {
 		return m, err
+	}
+	if specific := schemas.ItemMessageFor(m.ItemType); specific != schemas.ItemMessage {
+		if err := validateBody(body, specific); err != nil {
+			return m, err
+		}
 	}
 	return m, m.validate()
 }

@@ -45,7 +45,7 @@ func TestDecodeRejectsBadMessagesNamingTheField(t *testing.T) {
 		"id wrong type":    {`{"schemaVersion":1,"shard":"s","itemType":"payment","itemId":"7","billerId":"b","origin":"poll"}`, "itemId"},
 		"missing biller":   {`{"schemaVersion":1,"shard":"s","itemType":"payment","itemId":1,"origin":"poll"}`, "billerId"},
 		"bad origin":       {`{"schemaVersion":1,"shard":"s","itemType":"payment","itemId":1,"billerId":"b","origin":"fax"}`, "origin"},
-		"trailing garbage": {`{"schemaVersion":1,"shard":"s","itemType":"payment","itemId":1,"billerId":"b","origin":"poll"} x`, "trailing"},
+		"trailing garbage": {`{"schemaVersion":1,"shard":"s","itemType":"payment","itemId":1,"billerId":"b","origin":"poll"} x`, "not JSON"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
