@@ -77,7 +77,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	if slices.Contains(r.jobs, JobPublisher) {
 		p, err := pump.NewPublisher(deps, pump.PublisherConfig{
 			Owner: cfg.Owner, Interval: cfg.Publisher.Interval, LeaseTTL: cfg.Publisher.LeaseTTL,
-			StuckAfter: cfg.Publisher.StuckAfter, RescueBatch: cfg.Publisher.RescueBatch,
+			StuckAfter: cfg.Publisher.StuckAfter, RescueBatch: cfg.Publisher.RescueBatch, ReconcileAfter: cfg.Publisher.ReconcileAfter,
 		})
 		if err != nil {
 			return err

@@ -22,7 +22,7 @@ func TestPublisherOnlyOneReplicaLeads(t *testing.T) {
 		h.insert(bl, 5, nil)
 		newPub := func(owner string) *pump.Publisher {
 			p, err := pump.NewPublisher(h.app.Deps(nil), pump.PublisherConfig{
-				Owner: owner, Interval: time.Hour, LeaseTTL: 2 * time.Hour, StuckAfter: time.Hour, RescueBatch: 10,
+				Owner: owner, Interval: time.Hour, LeaseTTL: 2 * time.Hour, StuckAfter: time.Hour, RescueBatch: 10, ReconcileAfter: time.Hour,
 			})
 			require.NoError(t, err)
 			return p

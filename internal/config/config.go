@@ -135,6 +135,9 @@ type PublisherConfig struct {
 	LeaseTTL    time.Duration `koanf:"lease_ttl"`
 	StuckAfter  time.Duration `koanf:"stuck_after"`
 	RescueBatch int           `koanf:"rescue_batch"`
+	// ReconcileAfter is how long a direct biller's source has to announce
+	// an item before the reconcile sweep publishes it.
+	ReconcileAfter time.Duration `koanf:"reconcile_after"`
 }
 
 // BillerConsumerConfig tunes the biller consumer (scaling point 1).
@@ -212,7 +215,7 @@ func Default() Config {
 			LockDuration:    30 * time.Second,
 			MaxDeliveries:   20,
 		},
-		Publisher:      PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500},
+		Publisher:      PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500, ReconcileAfter: time.Minute},
 		BillerConsumer: BillerConsumerConfig{Concurrency: 4, Batch: 200, MaxItemsPerMessage: 2000, TimeBudget: 20 * time.Second, RetryDelay: 5 * time.Second},
 		ItemConsumer:   ItemConsumerConfig{Concurrency: 32, Lease: 2 * time.Minute, MaxAttempts: 8, RetryInitial: 2 * time.Second, RetryMax: 5 * time.Minute},
 		CIS: CISConfig{
@@ -408,6 +411,7 @@ func (c Config) Validate() error {
 	positive("bus.lock_duration", c.Bus.LockDuration)
 	positive("publisher.interval", c.Publisher.Interval)
 	positive("publisher.stuck_after", c.Publisher.StuckAfter)
+	positive("publisher.reconcile_after", c.Publisher.ReconcileAfter)
 	positive("biller_consumer.time_budget", c.BillerConsumer.TimeBudget)
 	positive("biller_consumer.retry_delay", c.BillerConsumer.RetryDelay)
 	positive("item_consumer.lease", c.ItemConsumer.Lease)

@@ -30,8 +30,11 @@ type PublisherConfig struct {
 	LeaseTTL time.Duration
 	// StuckAfter: Fetched/Queued items unchanged this long are republished.
 	StuckAfter time.Duration
-	// RescueBatch bounds how many items one round rescues per shard.
+	// RescueBatch bounds how many items one round rescues (and reconciles) per shard.
 	RescueBatch int
+	// ReconcileAfter is the grace a direct biller's source has to announce
+	// an item; older unannounced items are published by the reconcile sweep.
+	ReconcileAfter time.Duration
 }
 
 // Publisher announces billers with pending items and rescues stuck items.
@@ -49,7 +52,7 @@ func NewPublisher(deps *Deps, cfg PublisherConfig) (*Publisher, error) {
 	if deps.Leaser == nil {
 		return nil, errors.New("pump: publisher needs a leaser")
 	}
-	if cfg.Owner == "" || cfg.Interval <= 0 || cfg.LeaseTTL <= cfg.Interval || cfg.StuckAfter <= 0 || cfg.RescueBatch <= 0 {
+	if cfg.Owner == "" || cfg.Interval <= 0 || cfg.LeaseTTL <= cfg.Interval || cfg.StuckAfter <= 0 || cfg.RescueBatch <= 0 || cfg.ReconcileAfter <= 0 {
 		return nil, fmt.Errorf("pump: invalid publisher config %+v", cfg)
 	}
 	return &Publisher{deps: deps, cfg: cfg}, nil
@@ -93,6 +96,7 @@ type RoundResult struct {
 	Rescued           int
 	Reclaimed         int
 	Skipped           int
+	Reconciled        int
 }
 
 // Round runs one publisher round: take or renew the lease; if leader,
@@ -122,6 +126,9 @@ func (p *Publisher) round(ctx context.Context) (RoundResult, error) {
 		errs = append(errs, err)
 	}
 	if err := p.rescue(ctx, billers, &res); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.reconcile(ctx, billers, &res); err != nil {
 		errs = append(errs, err)
 	}
 	return res, errors.Join(errs...)
@@ -253,6 +260,63 @@ func (p *Publisher) republish(ctx context.Context, st store.Store, shardName str
 		p.deps.Logger.Info("republished stuck items", "shard", shardName, "count", published)
 	}
 	return published, skipped, errors.Join(errs...)
+}
+
+// reconcile publishes items of direct billers that no source announced
+// within the grace period (the row was written, its publish was lost). The
+// MessageID is the item's own, so a late announcement and the sweep's
+// message are one to the broker.
+func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+	byShard := map[string][]store.BillerCutover{}
+	for _, b := range billers {
+		if b.Mode == catalog.ModeDirect {
+			byShard[b.Shard] = append(byShard[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
+		}
+	}
+	var errs []error
+	for _, shardName := range sortedKeys(byShard) {
+		st, err := p.deps.shard(shardName)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rows, err := st.PendingList(ctx, store.PendingListParams{Billers: byShard[shardName], OlderThan: p.cfg.ReconcileAfter, Limit: p.cfg.RescueBatch})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list unannounced items on shard %s: %w", shardName, err))
+			continue
+		}
+		byTopic := map[string][]bus.Message{}
+		perBiller := map[string]int{}
+		for _, r := range rows {
+			typ, err := p.deps.Items.Get(r.ItemType)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			ref := ItemRef{Shard: shardName, BillerID: r.BillerID, ItemKey: r.ItemKey}
+			m, err := EncodeItemMessage(itemMessageFor(ref, OriginDirect, r.CreatedAt), ref.MessageID())
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			byTopic[typ.Topic] = append(byTopic[typ.Topic], m)
+			perBiller[r.BillerID]++
+		}
+		for _, topic := range sortedKeys(byTopic) {
+			r, err := p.deps.Bus.Publish(ctx, topic, byTopic[topic]...)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("publish unannounced items to %s: %w", topic, err))
+				continue
+			}
+			res.Reconciled += r.Published
+			p.deps.Events.DuplicatesDropped(topic, r.Duplicates)
+		}
+		for _, id := range sortedKeys(perBiller) {
+			p.deps.Events.ItemsReconciled(id, perBiller[id])
+			p.deps.Logger.Info("reconcile sweep published unannounced items", "shard", shardName, "biller", id, "count", perBiller[id])
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func itemMessageFor(ref ItemRef, origin string, createdAt time.Time) ItemMessage {
