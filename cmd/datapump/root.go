@@ -54,6 +54,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stdout, stderr 
 		inspectCmd(env),
 		retryCmd(env),
 		provisionCmd(env),
+		publishItemCmd(env),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
