@@ -197,6 +197,8 @@ type PendingCountParams struct {
 type BillerPending struct {
 	BillerID string
 	Pending  int64
+	// OldestCreatedAt is the created-at of the biller's oldest pending item.
+	OldestCreatedAt time.Time
 }
 
 // ControlClaimPendingParams claims up to Limit pending items of one biller,
@@ -322,6 +324,28 @@ type ControlListParams struct {
 	Limit    int
 }
 
+// ControlRetryParams filters the Failed records to retry. Empty fields do
+// not filter; Keys, when set, limits the retry to those items. Records are
+// taken oldest failure first; a zero Limit means no limit.
+type ControlRetryParams struct {
+	BillerID string
+	ItemType string
+	// FailedFrom and FailedTo bound failed_at (inclusive, exclusive); zero is open.
+	FailedFrom time.Time
+	FailedTo   time.Time
+	Keys       []ItemKey
+	Limit      int
+	DryRun     bool
+}
+
+// PendingListParams asks for pending items old enough to have been
+// announced. A zero Limit means the adapter's default.
+type PendingListParams struct {
+	Billers   []BillerCutover
+	OlderThan time.Duration
+	Limit     int
+}
+
 // StatusCount is a count of control records of one biller in one status.
 type StatusCount struct {
 	BillerID string
@@ -374,6 +398,16 @@ type Store interface {
 	ControlList(ctx context.Context, p ControlListParams) ([]Control, error)
 	// ControlCountByStatus counts records per biller and status.
 	ControlCountByStatus(ctx context.Context) ([]StatusCount, error)
+	// ControlRetry moves Failed records matching the filter back to Queued
+	// (attempts reset to 0, next attempt now, version+1, last error kept)
+	// and returns them as they are after the move; with DryRun it changes
+	// nothing and returns the records that would move.
+	ControlRetry(ctx context.Context, p ControlRetryParams) ([]Control, error)
+	// PendingList lists pending items (no control record, or New) of the
+	// given billers created at or after their cut-over and at least
+	// OlderThan ago by the database clock, oldest first: the reconcile
+	// sweep of direct billers, whose sources should have announced them.
+	PendingList(ctx context.Context, p PendingListParams) ([]SourceRow, error)
 
 	// ItemEnrich runs the item type's enrichment query for one item and
 	// returns its columns by name; ErrRelatedMissing if it finds no row.

@@ -465,3 +465,63 @@ func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, 
 	}
 	return out, nil
 }
+
+// retryFilter selects the Failed records a retry names: $1 biller, $2 item
+// type (empty for any), $3 and $4 the failed-at range (NULL for open), $5
+// and $6 the keys (empty arrays for any), $7 the limit (NULL for none).
+const retryFilter = `status = 'Failed'
+	AND ($1 = '' OR biller_id = $1) AND ($2 = '' OR item_type = $2)
+	AND ($3::timestamptz IS NULL OR failed_at >= $3) AND ($4::timestamptz IS NULL OR failed_at < $4)
+	AND (cardinality($5::text[]) = 0 OR (item_type, item_id) IN (SELECT * FROM unnest($5::text[], $6::bigint[])))`
+
+// ControlRetry moves Failed records matching the filter back to Queued
+// (attempts reset to 0, no owner, lease or retry delay, version+1, last
+// error kept), oldest failure first up to Limit (zero: no limit), in one
+// statement, and returns them as they now are. The move stays conditional
+// on the record being Failed, and records a concurrent retry holds are
+// left to it. With DryRun it only reads, and returns the records that
+// would move as they stand.
+func (s *Store) ControlRetry(ctx context.Context, p store.ControlRetryParams) ([]store.Control, error) {
+	types := make([]string, len(p.Keys))
+	ids := make([]int64, len(p.Keys))
+	for i, k := range p.Keys {
+		types[i], ids[i] = k.ItemType, k.ItemID
+	}
+	args := []any{p.BillerID, p.ItemType, nullTime(p.FailedFrom), nullTime(p.FailedTo), types, ids, limit(p.Limit)}
+	q := `
+		SELECT ` + controlColumns + `
+		FROM datapump_control
+		WHERE ` + retryFilter + `
+		ORDER BY failed_at, item_type, item_id
+		LIMIT $7`
+	what := "retry (dry run)"
+	if !p.DryRun {
+		what = "retry"
+		q = `
+		WITH pick AS (
+			SELECT item_type, item_id
+			FROM datapump_control
+			WHERE ` + retryFilter + `
+			ORDER BY failed_at, item_type, item_id
+			LIMIT $7
+			FOR UPDATE SKIP LOCKED
+		), upd AS (
+			UPDATE datapump_control c
+			SET status = 'Queued', version = c.version + 1, attempts = 0, owner = '', lease_until = NULL,
+				next_attempt_at = NULL, queued_at = now(), updated_at = now()
+			FROM pick
+			WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id AND c.status = 'Failed'
+			RETURNING ` + prefixed("c") + `
+		)
+		SELECT ` + controlColumns + ` FROM upd ORDER BY failed_at, item_type, item_id`
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	out, err := collectControls(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}

@@ -17,20 +17,15 @@ func pendingCondition(src source, alias string, itemTypeParam int) string {
 		itemTypeParam, alias, src.key)
 }
 
-// PendingCount counts pending items per biller with one grouped query over
-// every item type: billers and their cut-overs are passed as arrays and
-// joined to each source table's (biller, created-at) range. Billers without
-// pending items are left out.
-func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
-	if len(p.Billers) == 0 || len(s.order) == 0 {
-		return nil, nil
-	}
+// billerArrays splits billers into the arrays of ids and cut-overs the
+// queries unnest, each biller once.
+func billerArrays(in []store.BillerCutover) ([]string, []time.Time) {
 	var (
 		billers  []string
 		cutovers []time.Time
 		seen     = map[string]bool{}
 	)
-	for _, b := range p.Billers {
+	for _, b := range in {
 		if seen[b.BillerID] {
 			continue
 		}
@@ -38,6 +33,18 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 		billers = append(billers, b.BillerID)
 		cutovers = append(cutovers, b.CutoverAt)
 	}
+	return billers, cutovers
+}
+
+// PendingCount counts pending items per biller and finds the oldest one's
+// created-at, with one grouped query over every item type: billers and
+// their cut-overs are passed as arrays and joined to each source table's
+// (biller, created-at) range. Billers without pending items are left out.
+func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
+	if len(p.Billers) == 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	billers, cutovers := billerArrays(p.Billers)
 	args := []any{billers, cutovers}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
@@ -50,14 +57,14 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 			filter = src.typeFilter("s", len(args))
 		}
 		parts = append(parts, fmt.Sprintf(`
-			SELECT b.biller_id, count(*) AS n
+			SELECT b.biller_id, count(*) AS n, min(s.%s::timestamptz) AS oldest
 			FROM b JOIN %s s ON s.%s = b.biller_id AND s.%s >= b.cutover_at%s
 			WHERE %s
 			GROUP BY b.biller_id`,
-			src.table, src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam)))
+			src.createdAt, src.table, src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam)))
 	}
 	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at))
-		SELECT biller_id, sum(n)::bigint FROM (` + strings.Join(parts, " UNION ALL ") + `) per_type
+		SELECT biller_id, sum(n)::bigint, min(oldest) FROM (` + strings.Join(parts, " UNION ALL ") + `) per_type
 		GROUP BY biller_id ORDER BY biller_id`
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
@@ -67,13 +74,82 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 	var out []store.BillerPending
 	for rows.Next() {
 		var bp store.BillerPending
-		if err := rows.Scan(&bp.BillerID, &bp.Pending); err != nil {
+		var oldest *time.Time
+		if err := rows.Scan(&bp.BillerID, &bp.Pending, &oldest); err != nil {
 			return nil, fmt.Errorf("count pending: %w", err)
 		}
+		bp.OldestCreatedAt = utc(oldest)
 		out = append(out, bp)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	return out, nil
+}
+
+// pendingListLimit is PendingList's limit when none is given.
+const pendingListLimit = 1000
+
+// PendingList lists the oldest Limit pending items (no control record, or
+// a New one) of the given billers, created at or after their cut-over and
+// at least OlderThan before the database clock, oldest first (then item
+// type, then key), in one query; a zero Limit means 1000. Each item type
+// reads its oldest Limit rows from its (biller, created-at) range.
+func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
+	if len(p.Billers) == 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	if p.OlderThan < 0 {
+		return nil, fmt.Errorf("pending list: older_than: %s must not be negative", p.OlderThan)
+	}
+	n := p.Limit
+	if n <= 0 {
+		n = pendingListLimit
+	}
+	billers, cutovers := billerArrays(p.Billers)
+	args := []any{billers, cutovers, micros(p.OlderThan), n}
+	parts := make([]string, 0, len(s.order))
+	for _, itemType := range s.order {
+		src := s.sources[itemType]
+		args = append(args, itemType)
+		typeParam := len(args)
+		filter := ""
+		if src.typeColumn != "" {
+			args = append(args, src.TypeValue)
+			filter = src.typeFilter("s", len(args))
+		}
+		parts = append(parts, fmt.Sprintf(`(
+			SELECT $%d::text AS item_type, s.%s::bigint AS item_id, s.%s::text AS biller_id, s.%s::timestamptz AS created_at
+			FROM b JOIN %s s ON s.%s = b.biller_id AND s.%s >= b.cutover_at AND s.%s <= now() - $3 * interval '1 microsecond'%s
+			WHERE %s
+			ORDER BY s.%s, s.%s
+			LIMIT $4)`,
+			typeParam, src.key, src.biller, src.createdAt,
+			src.table, src.biller, src.createdAt, src.createdAt, filter,
+			pendingCondition(src, "s", typeParam),
+			src.createdAt, src.key))
+	}
+	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at))
+		SELECT item_type, item_id, biller_id, created_at FROM (` + strings.Join(parts, " UNION ALL ") + `) u
+		ORDER BY created_at, item_type, item_id
+		LIMIT $4`
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	defer rows.Close()
+	var out []store.SourceRow
+	for rows.Next() {
+		var r store.SourceRow
+		var created *time.Time
+		if err := rows.Scan(&r.ItemType, &r.ItemID, &r.BillerID, &created); err != nil {
+			return nil, fmt.Errorf("pending list: %w", err)
+		}
+		r.CreatedAt = utc(created)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
 	}
 	return out, nil
 }

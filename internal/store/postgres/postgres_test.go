@@ -238,8 +238,31 @@ func TestSharedTableWithTypeColumn(t *testing.T) {
 		{BillerID: "b1", CutoverAt: old.Add(time.Hour)}, {BillerID: "b2"}, {BillerID: "b1"},
 	}})
 	require.NoError(t, err)
-	require.Equal(t, []store.BillerPending{{BillerID: "b1", Pending: 3}, {BillerID: "b2", Pending: 1}}, counts,
-		"kind C is no item type; the old row is before b1's cut-over; a repeated biller counts once")
+	inserted := map[int64]time.Time{}
+	rows, err := s.pool.Query(ctx, `SELECT "ItemId", inserted FROM work_items`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		var at time.Time
+		require.NoError(t, rows.Scan(&id, &at))
+		inserted[id] = at.UTC()
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []store.BillerPending{
+		{BillerID: "b1", Pending: 3, OldestCreatedAt: inserted[1]},
+		{BillerID: "b2", Pending: 1, OldestCreatedAt: inserted[5]},
+	}, counts, "kind C is no item type; the old row is before b1's cut-over; a repeated biller counts once")
+
+	listed, err := s.PendingList(ctx, store.PendingListParams{Billers: []store.BillerCutover{
+		{BillerID: "b1", CutoverAt: old.Add(time.Hour)}, {BillerID: "b1"},
+	}, Limit: 10})
+	require.NoError(t, err)
+	want := []store.SourceRow{
+		{ItemKey: store.ItemKey{ItemType: "alpha", ItemID: 1}, BillerID: "b1", CreatedAt: inserted[1]},
+		{ItemKey: store.ItemKey{ItemType: "beta", ItemID: 2}, BillerID: "b1", CreatedAt: inserted[2]},
+		{ItemKey: store.ItemKey{ItemType: "alpha", ItemID: 3}, BillerID: "b1", CreatedAt: inserted[3]},
+	}
+	require.ElementsMatch(t, want, listed, "the pending list tells the item types of one table apart; the first cut-over of a repeated biller holds")
 
 	claimed, err := s.ControlClaimPending(ctx, store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: old.Add(time.Hour), Limit: 10, Owner: "w"})
 	require.NoError(t, err)

@@ -12,22 +12,35 @@ import (
 	"github.com/datapump/datapump/internal/store"
 )
 
+// billersJSON encodes billers and their cut-overs as a JSON array of
+// [biller_id, cutover] pairs for json_each, each biller once.
+func billersJSON(billers []store.BillerCutover) (string, error) {
+	pairs := make([][2]string, 0, len(billers))
+	seen := map[string]bool{}
+	for _, b := range billers {
+		if seen[b.BillerID] {
+			continue
+		}
+		seen[b.BillerID] = true
+		pairs = append(pairs, [2]string{b.BillerID, sourceTimeArg(b.CutoverAt)})
+	}
+	j, err := json.Marshal(pairs)
+	return string(j), err
+}
+
 // PendingCount counts pending items per biller (no control record, or one
-// in New; created at or after the biller's cut-over) with one grouped query
-// over every item type. Billers without pending items are left out.
+// in New; created at or after the biller's cut-over) and finds the oldest
+// one's created-at, with one grouped query over every item type. Billers
+// without pending items are left out.
 func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
 	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
 		return nil, nil
 	}
-	pairs := make([][2]string, len(p.Billers))
-	for i, b := range p.Billers {
-		pairs[i] = [2]string{b.BillerID, sourceTimeArg(b.CutoverAt)}
-	}
-	billers, err := json.Marshal(pairs)
+	billers, err := billersJSON(p.Billers)
 	if err != nil {
 		return nil, fmt.Errorf("pending count: %w", err)
 	}
-	args := append([]any{sql.Named("billers", string(billers))}, s.sources.args...)
+	args := append([]any{sql.Named("billers", billers)}, s.sources.args...)
 	rows, err := s.read.QueryContext(ctx, s.sources.pendingCount, args...)
 	if err != nil {
 		return nil, fmt.Errorf("pending count: %w", err)
@@ -36,13 +49,56 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 	var out []store.BillerPending
 	for rows.Next() {
 		var bp store.BillerPending
-		if err := rows.Scan(&bp.BillerID, &bp.Pending); err != nil {
+		var oldest any
+		if err := rows.Scan(&bp.BillerID, &bp.Pending, &oldest); err != nil {
 			return nil, fmt.Errorf("pending count: %w", err)
+		}
+		if bp.OldestCreatedAt, err = parseSourceTime(oldest); err != nil {
+			return nil, fmt.Errorf("pending count of biller %s: %w", bp.BillerID, err)
 		}
 		out = append(out, bp)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("pending count: %w", err)
+	}
+	return out, nil
+}
+
+// PendingList lists the oldest Limit pending items (no control record, or
+// one in New) of the given billers, created at or after their cut-over and
+// at least OlderThan before the database clock, oldest first (then item
+// type, then id), in one query; a zero Limit means 100.
+func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
+	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
+		return nil, nil
+	}
+	billers, err := billersJSON(p.Billers)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	args := append([]any{
+		sql.Named("billers", billers), sql.Named("older_than", durationMS(p.OlderThan)), sql.Named("limit", limitOr(p.Limit)),
+	}, s.sources.args...)
+	rows, err := s.read.QueryContext(ctx, s.sources.pendingList, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	defer rows.Close()
+	var out []store.SourceRow
+	for rows.Next() {
+		var r store.SourceRow
+		var biller, created any
+		if err := rows.Scan(&r.ItemType, &r.ItemID, &biller, &created); err != nil {
+			return nil, fmt.Errorf("pending list: %w", err)
+		}
+		r.BillerID = fmt.Sprint(biller)
+		if r.CreatedAt, err = parseSourceTime(created); err != nil {
+			return nil, fmt.Errorf("pending list: source row %s: %w", r.ItemKey, err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
 	}
 	return out, nil
 }

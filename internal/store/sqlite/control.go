@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -354,4 +355,126 @@ func limitOr(n int) int {
 		return defaultLimit
 	}
 	return n
+}
+
+// retryFilter builds the WHERE clause selecting the Failed records a retry
+// names, and its parameters.
+func retryFilter(p store.ControlRetryParams) (string, []any, error) {
+	// With keys, the unary + keeps the planner on the primary key rather
+	// than walking every Failed record through the status index.
+	status := "status = 'Failed'"
+	if len(p.Keys) > 0 {
+		status = "+" + status
+	}
+	where := []string{status}
+	var args []any
+	if p.BillerID != "" {
+		where = append(where, "biller_id = :biller")
+		args = append(args, sql.Named("biller", p.BillerID))
+	}
+	if p.ItemType != "" {
+		where = append(where, "item_type = :type")
+		args = append(args, sql.Named("type", p.ItemType))
+	}
+	if !p.FailedFrom.IsZero() {
+		where = append(where, "failed_at >= :failed_from")
+		args = append(args, sql.Named("failed_from", ceilMS(p.FailedFrom)))
+	}
+	if !p.FailedTo.IsZero() {
+		where = append(where, "failed_at < :failed_to")
+		args = append(args, sql.Named("failed_to", ceilMS(p.FailedTo)))
+	}
+	if len(p.Keys) > 0 {
+		keys := make([]store.Fenced, len(p.Keys))
+		for i, k := range p.Keys {
+			keys[i] = store.Fenced{ItemKey: k}
+		}
+		j, err := fencedJSON(keys)
+		if err != nil {
+			return "", nil, err
+		}
+		where = append(where, `(item_type, item_id) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))`)
+		args = append(args, sql.Named("keys", j))
+	}
+	limit := -1 // no limit
+	if p.Limit > 0 {
+		limit = p.Limit
+	}
+	args = append(args, sql.Named("limit", limit))
+	return strings.Join(where, " AND "), args, nil
+}
+
+// ceilMS is t in unix milliseconds rounded up, so that for the whole
+// milliseconds stored, ">= ceilMS(t)" is ">= t" and "< ceilMS(t)" is "< t".
+func ceilMS(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
+	}
+	return ms
+}
+
+// retryOrder is the order of a retry's records: oldest failure first.
+const retryOrder = ` ORDER BY failed_at, item_type, item_id LIMIT :limit`
+
+// retrySQL moves the chosen Failed records to Queued, found by primary key;
+// the outer status condition keeps the move conditional on the record
+// still being Failed.
+const retrySQL = `UPDATE datapump_control SET
+    status = 'Queued', version = version + 1, attempts = 0, owner = '', lease_until = NULL,
+    next_attempt_at = NULL, queued_at = :now, updated_at = :now
+WHERE (item_type, item_id) IN (SELECT item_type, item_id FROM datapump_control WHERE %s` + retryOrder + `)
+  AND +status = 'Failed'
+RETURNING ` + controlColumns
+
+// ControlRetry moves Failed records matching the filter back to Queued
+// (attempts reset to 0, no owner, lease or retry delay, version+1, last
+// error kept) in one BEGIN IMMEDIATE transaction, oldest failure first up to
+// Limit (zero: no limit), and returns them as they now are. With DryRun it
+// only reads, and returns the records that would move as they stand.
+func (s *Store) ControlRetry(ctx context.Context, p store.ControlRetryParams) ([]store.Control, error) {
+	where, args, err := retryFilter(p)
+	if err != nil {
+		return nil, fmt.Errorf("retry: %w", err)
+	}
+	if p.DryRun {
+		rows, err := s.read.QueryContext(ctx, `SELECT `+controlColumns+` FROM datapump_control WHERE `+where+retryOrder, args...)
+		if err != nil {
+			return nil, fmt.Errorf("retry (dry run): %w", err)
+		}
+		out, err := scanControls(rows)
+		if err != nil {
+			return nil, fmt.Errorf("retry (dry run): %w", err)
+		}
+		return out, nil
+	}
+	var out []store.Control
+	err = s.inWrite(ctx, func(tx *sql.Tx) error {
+		now, err := txNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, fmt.Sprintf(retrySQL, where), append(args, sql.Named("now", now))...)
+		if err != nil {
+			return err
+		}
+		out, err = scanControls(rows)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("retry: %w", err)
+	}
+	// RETURNING has no order of its own.
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.FailedAt.Equal(b.FailedAt) {
+			return a.FailedAt.Before(b.FailedAt)
+		}
+		if a.ItemType != b.ItemType {
+			return a.ItemType < b.ItemType
+		}
+		return a.ItemID < b.ItemID
+	})
+	return out, nil
 }

@@ -3,9 +3,11 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -46,7 +48,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		require.NoError(t, rows.Err())
 		return out
 	}
-	// A SCAN is fine only of a JSON parameter, a subquery's result or a constant row.
+	// A SCAN is fine only of a JSON parameter, a subquery's result or a constant row (n, p, cutoff).
 	noTableScan := func(name string, lines []string) {
 		t.Helper()
 		for _, l := range lines {
@@ -54,7 +56,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 				continue
 			}
 			ok := strings.HasPrefix(l, "SCAN json_each") || strings.HasPrefix(l, "SCAN (subquery") ||
-				strings.HasPrefix(l, "SCAN CONSTANT ROW") || l == "SCAN n" || l == "SCAN p"
+				strings.HasPrefix(l, "SCAN CONSTANT ROW") || l == "SCAN n" || l == "SCAN p" || l == "SCAN cutoff"
 			require.True(t, ok, "%s scans a table: %q in\n%s", name, l, strings.Join(lines, "\n"))
 		}
 	}
@@ -74,6 +76,13 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	requireLine("pending count", pending, "paperless_registrations_biller_created")
 	requireLine("pending count", pending, "SEARCH c USING PRIMARY KEY")
 
+	list := plan(s.sources.pendingList, append([]any{sql.Named("billers", `[["b1",""]]`), sql.Named("older_than", 1),
+		sql.Named("limit", 5)}, s.sources.args...)...)
+	noTableScan("pending list", list)
+	requireLine("pending list", list, "payments_biller_created")
+	requireLine("pending list", list, "paperless_registrations_biller_created")
+	requireLine("pending list", list, "SEARCH c USING PRIMARY KEY")
+
 	claim := plan(s.sources.claimPending, append([]any{sql.Named("biller", "b1"), sql.Named("owner", "w"),
 		sql.Named("cutover", ""), sql.Named("limit", 5)}, s.sources.args...)...)
 	noTableScan("claim pending", claim)
@@ -91,6 +100,15 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	reclaim := plan(reclaimExpiredSQL, sql.Named("now", 1), sql.Named("limit", 1))
 	noTableScan("reclaim expired", reclaim)
 	requireLine("reclaim expired", reclaim, "datapump_control_status_lease")
+
+	for _, p := range []store.ControlRetryParams{{}, {BillerID: "b1", ItemType: "payment", FailedFrom: time.Unix(1, 0), FailedTo: time.Unix(2, 0)}, {Keys: []store.ItemKey{{ItemType: "payment", ItemID: 1}}}} {
+		where, args, err := retryFilter(p)
+		require.NoError(t, err)
+		noTableScan("retry (dry run)", plan(`SELECT `+controlColumns+` FROM datapump_control WHERE `+where+retryOrder, args...))
+		retry := plan(fmt.Sprintf(retrySQL, where), append(args, sql.Named("now", 1))...)
+		noTableScan("retry", retry)
+		requireLine("retry", retry, "SEARCH datapump_control USING PRIMARY KEY")
+	}
 
 	noTableScan("bump", plan(bumpSQL, sql.Named("now", 1), sql.Named("items", "[]")))
 	noTableScan("claim item", plan(claimItemSQL, sql.Named("owner", "w"), sql.Named("takeover", 0), sql.Named("now", 1),

@@ -69,11 +69,19 @@ func (c *source) unclaimed() string {
 	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = :type%d AND c.item_id = s.%s AND c.status <> 'New')`, c.n, c.key)
 }
 
-// pendingBranch selects the biller of every pending row of the billers in
-// the CTE "billers" (biller_id, cutover).
+// pendingBranch selects the biller and created-at of every pending row of
+// the billers in the CTE "billers" (biller_id, cutover).
 func (c *source) pendingBranch() string {
-	return fmt.Sprintf(`SELECT s.%[1]s AS biller_id FROM billers b JOIN %[2]s s ON s.%[1]s = b.biller_id AND s.%[3]s >= b.cutover WHERE %[4]s%[5]s`,
+	return fmt.Sprintf(`SELECT s.%[1]s AS biller_id, s.%[3]s AS created_at FROM billers b JOIN %[2]s s ON s.%[1]s = b.biller_id AND s.%[3]s >= b.cutover WHERE %[4]s%[5]s`,
 		c.biller, c.table, c.created, c.unclaimed(), c.typeFilter())
+}
+
+// listBranch selects the oldest :limit pending rows of the billers in the
+// CTE "billers" created at or before the CTE "grace" (before), as
+// (item_type, item_id, biller_id, created_at).
+func (c *source) listBranch() string {
+	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS biller_id, s.%[4]s AS created_at FROM billers b JOIN %[5]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= b.cutover AND s.%[4]s <= (SELECT before FROM grace) WHERE %[6]s%[7]s ORDER BY s.%[4]s, s.%[2]s LIMIT :limit)`,
+		c.n, c.key, c.biller, c.created, c.table, c.unclaimed(), c.typeFilter())
 }
 
 // claimBranch selects the oldest :limit pending rows of :biller from
@@ -89,8 +97,12 @@ type sourceSet struct {
 	byType map[string]*source
 	order  []*source
 	// pendingCount counts pending items per biller for :billers, a JSON
-	// array of [biller_id, cutover] pairs, in one grouped query.
+	// array of [biller_id, cutover] pairs, and finds the oldest, in one
+	// grouped query.
 	pendingCount string
+	// pendingList lists the oldest :limit pending items of :billers created
+	// :older_than milliseconds or more before the database clock.
+	pendingList string
 	// claimPending inserts or moves to Fetched the oldest :limit pending
 	// items of :biller and returns them.
 	claimPending string
@@ -100,19 +112,21 @@ type sourceSet struct {
 
 func newSourceSet(srcs []store.Source) *sourceSet {
 	set := &sourceSet{byType: map[string]*source{}}
-	var pending, claim []string
+	var pending, list, claim []string
 	for i, src := range srcs {
 		c := compileSource(src, i)
 		set.byType[src.ItemType] = c
 		set.order = append(set.order, c)
 		set.args = append(set.args, c.args()...)
 		pending = append(pending, c.pendingBranch())
+		list = append(list, c.listBranch())
 		claim = append(claim, c.claimBranch())
 	}
 	if len(srcs) == 0 {
 		return set
 	}
 	set.pendingCount = fmt.Sprintf(pendingCountSQL, strings.Join(pending, "\n    UNION ALL\n    "))
+	set.pendingList = fmt.Sprintf(pendingListSQL, nowMS, strings.Join(list, "\n    UNION ALL\n    "))
 	set.claimPending = fmt.Sprintf(claimPendingSQL, nowMS, strings.Join(claim, "\n        UNION ALL\n        "))
 	return set
 }
@@ -122,9 +136,24 @@ func newSourceSet(srcs []store.Source) *sourceSet {
 const pendingCountSQL = `WITH billers (biller_id, cutover) AS (
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:billers)
 )
-SELECT biller_id, COUNT(*) FROM (
+SELECT biller_id, COUNT(*), MIN(created_at) FROM (
     %s
 ) GROUP BY biller_id ORDER BY biller_id`
+
+// pendingListSQL is completed with nowMS and the UNION ALL of every
+// source's listBranch. The grace cut-off is formatted as source created-at
+// values are (sourceTimeLayout), from whole milliseconds, so the comparison
+// stays a text range on the (biller, created_at) index.
+const pendingListSQL = `WITH billers (biller_id, cutover) AS (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:billers)
+), cutoff (ms) AS (
+    SELECT MAX(%s - :older_than, 0)
+), grace (before) AS (
+    SELECT strftime('%%Y-%%m-%%d %%H:%%M:%%S', ms / 1000, 'unixepoch') || printf('.%%03d', ms %% 1000) FROM cutoff
+)
+SELECT item_type, item_id, biller_id, created_at FROM (
+    %s
+) ORDER BY created_at, item_type, item_id LIMIT :limit`
 
 // claimPendingSQL is completed with nowMS and the UNION ALL of every
 // source's claimBranch. It runs in a BEGIN IMMEDIATE transaction; items

@@ -189,7 +189,18 @@ func TestSharedTableSource(t *testing.T) {
 		{BillerID: "b1"}, {BillerID: "b2", CutoverAt: time.Date(2026, 1, 1, 9, 30, 0, 0, time.UTC)},
 	}})
 	require.NoError(t, err)
-	require.Equal(t, []store.BillerPending{{BillerID: "b1", Pending: 3}}, got, "kind X belongs to no item type; b2's item is before its cut-over")
+	require.Equal(t, []store.BillerPending{{BillerID: "b1", Pending: 3, OldestCreatedAt: time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)}}, got,
+		"kind X belongs to no item type; b2's item is before its cut-over")
+
+	listed, err := s.PendingList(ctx, store.PendingListParams{Billers: []store.BillerCutover{
+		{BillerID: "b1"}, {BillerID: "b2", CutoverAt: time.Date(2026, 1, 1, 9, 30, 0, 0, time.UTC)},
+	}, OlderThan: time.Hour, Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, []store.SourceRow{
+		{ItemKey: store.ItemKey{ItemType: "refund", ItemID: 1}, BillerID: "b1", CreatedAt: time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)},
+		{ItemKey: store.ItemKey{ItemType: "invoice", ItemID: 2}, BillerID: "b1", CreatedAt: time.Date(2026, 1, 1, 10, 0, 1, 0, time.UTC)},
+		{ItemKey: store.ItemKey{ItemType: "refund", ItemID: 3}, BillerID: "b1", CreatedAt: time.Date(2026, 1, 1, 10, 0, 2, 0, time.UTC)},
+	}, listed, "the pending list tells the item types of one table apart")
 
 	claimed, err := s.ControlClaimPending(ctx, store.ControlClaimPendingParams{BillerID: "b1", Limit: 10, Owner: "w"})
 	require.NoError(t, err)

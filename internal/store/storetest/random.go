@@ -52,7 +52,7 @@ func testRandomStateMachine(e *env) {
 	for step := 0; step < 120; step++ {
 		m := model[rng.IntN(len(model))]
 		var accepted bool
-		switch op := rng.IntN(6); op {
+		switch op := rng.IntN(7); op {
 		case 0: // biller consumer: claim pending
 			limit := 1 + rng.IntN(3)
 			want := []store.ItemKey{}
@@ -123,6 +123,20 @@ func testRandomStateMachine(e *env) {
 			require.Equal(e.t, accepted, ok, "step %d: skip %s in %q", step, m.key, m.status)
 			if accepted {
 				m.status = store.StatusSkipped
+			}
+		case 6: // operator: retry, or a dry run of it
+			dryRun := rng.IntN(2) == 0
+			got, err := e.s.ControlRetry(e.ctx, store.ControlRetryParams{Keys: []store.ItemKey{m.key}, DryRun: dryRun})
+			require.NoError(e.t, err)
+			want := []store.ItemKey{}
+			if m.status == store.StatusFailed {
+				want = append(want, m.key)
+			}
+			require.Equal(e.t, want, controlKeys(got), "step %d: retry (dry run %v) %s in %q", step, dryRun, m.key, m.status)
+			accepted = !dryRun && m.status == store.StatusFailed
+			if accepted {
+				m.status = store.StatusQueued
+				m.attempts = 0
 			}
 		}
 		if accepted {

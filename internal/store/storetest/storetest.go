@@ -19,7 +19,20 @@
 //     then id, returns them in that order, records Owner and origin "poll",
 //     and copies the source created-at; a zero CutoverAt means no cut-over,
 //     and an item created exactly at the cut-over is pending.
-//   - PendingCount may leave out billers with nothing pending.
+//   - PendingCount may leave out billers with nothing pending; each row's
+//     OldestCreatedAt is exactly the oldest pending source created-at.
+//   - PendingList orders like ControlClaimPending (created-at, item type,
+//     id); OlderThan is inclusive (created-at <= database now - OlderThan),
+//     so a zero OlderThan lists items created just now; a zero Limit means
+//     the adapter's default (at least 5); no billers lists nothing.
+//   - ControlRetry returns records oldest failed-at first, then item type,
+//     then id, and Limit takes the oldest; a zero Limit means no limit.
+//     Filters combine with AND; a non-nil empty Keys does not filter. The
+//     moved record is Queued at version+1 with attempts 0, no owner, no
+//     lease, NextAttemptAt zero or the database's now, QueuedAt and
+//     UpdatedAt now, LastError kept; the result equals ControlGet after the
+//     move. DryRun returns the records exactly as ControlGet reads them
+//     (still Failed) and changes nothing. Concurrent calls move a record once.
 //   - ControlClaimItem: a New record is ClaimAbsent; a takeover of an
 //     expired lease is ClaimAcquired with a new version; ClaimBusy's RetryAt
 //     is the lease end, ClaimNotYet's the NextAttemptAt; an inserted record
@@ -100,6 +113,10 @@ func Exercise(ctx context.Context, t *testing.T, f Features, newHarness func(t *
 		{"PendingCount/ExcludesControlled", testPendingCountExcludesControlled},
 		{"PendingCount/IncludesNew", testPendingCountIncludesNew},
 		{"PendingCount/Cutover", testPendingCountCutover},
+		{"PendingCount/Oldest", testPendingCountOldest},
+		{"PendingList", testPendingList},
+		{"PendingList/ExcludesControlled", testPendingListExcludesControlled},
+		{"PendingList/IncludesNew", testPendingListIncludesNew},
 		{"ClaimPending/FetchedRecords", testClaimPendingRecords},
 		{"ClaimPending/OrderAndLimit", testClaimPendingOrder},
 		{"ClaimPending/Cutover", testClaimPendingCutover},
@@ -128,6 +145,11 @@ func Exercise(ctx context.Context, t *testing.T, f Features, newHarness func(t *
 		{"ListStuck/BumpsUpdatedAt", testListStuckBumps},
 		{"ReclaimExpired", testReclaimExpired},
 		{"ControlGetListCount", testControlGetListCount},
+		{"Retry/Record", testRetryRecord},
+		{"Retry/Filters", testRetryFilters},
+		{"Retry/DryRun", testRetryDryRun},
+		{"Retry/OnlyFailed", testRetryOnlyFailed},
+		{"Retry/Concurrent", testRetryConcurrent},
 		{"ItemEnrich", testItemEnrich},
 		{"ItemEnrich/RelatedMissing", testItemEnrichMissing},
 		{"ItemSource", testItemSource},
