@@ -129,12 +129,26 @@ type DeadLetter struct {
 	DeadLetteredAt time.Time
 }
 
+// Change says what an Ensure call did.
+type Change string
+
+// What an Ensure call did: created what was missing, updated settings that
+// differed from the spec, or found everything as specified and left it.
+const (
+	ChangeCreated   Change = "created"
+	ChangeUpdated   Change = "updated"
+	ChangeUnchanged Change = "unchanged"
+)
+
 // Bus is a message broker.
 type Bus interface {
-	// EnsureTopic creates the topic if missing, or updates it to spec; idempotent.
-	EnsureTopic(ctx context.Context, spec TopicSpec) error
-	// EnsureSubscription creates the subscription if missing, or updates it; idempotent.
-	EnsureSubscription(ctx context.Context, spec SubscriptionSpec) error
+	// EnsureTopic creates the topic if missing, or updates it to spec;
+	// idempotent. It reports what it did; a topic already as specified is
+	// ChangeUnchanged and is not written to.
+	EnsureTopic(ctx context.Context, spec TopicSpec) (Change, error)
+	// EnsureSubscription creates the subscription if missing, or updates
+	// it; idempotent. It reports what it did like EnsureTopic.
+	EnsureSubscription(ctx context.Context, spec SubscriptionSpec) (Change, error)
 	// Publish sends the messages to the topic and returns once the broker
 	// has acknowledged all of them. Messages whose ID the broker has seen
 	// within the duplicate window are dropped; Publish reports how many were

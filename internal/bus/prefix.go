@@ -17,12 +17,12 @@ type prefixed struct {
 	prefix string
 }
 
-func (p prefixed) EnsureTopic(ctx context.Context, spec TopicSpec) error {
+func (p prefixed) EnsureTopic(ctx context.Context, spec TopicSpec) (Change, error) {
 	spec.Name = p.prefix + spec.Name
 	return p.Bus.EnsureTopic(ctx, spec)
 }
 
-func (p prefixed) EnsureSubscription(ctx context.Context, spec SubscriptionSpec) error {
+func (p prefixed) EnsureSubscription(ctx context.Context, spec SubscriptionSpec) (Change, error) {
 	spec.Topic = p.prefix + spec.Topic
 	return p.Bus.EnsureSubscription(ctx, spec)
 }

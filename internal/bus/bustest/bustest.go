@@ -29,6 +29,10 @@ type Features struct {
 	// PublishResult.Duplicates is always zero (Azure Service Bus). The suite
 	// still checks that the subscriber receives one copy.
 	UncountedDuplicates bool
+	// FixedDuplicateWindow is set when the broker cannot change a topic's
+	// duplicate window after creation. The suite then does not change one
+	// and does not ask EnsureTopic for bus.ChangeUpdated.
+	FixedDuplicateWindow bool
 	// EventTimeout bounds every wait for an event (a delivery, a dead letter,
 	// Receive returning) on top of the lock durations involved. Zero means
 	// 30 seconds.
@@ -69,6 +73,7 @@ func Exercise(ctx context.Context, t *testing.T, f Features, newBus func(t *test
 		fn   func(t *testing.T)
 	}{
 		{"EnsureIsIdempotent", s.testEnsureIsIdempotent},
+		{"EnsureReportsChanges", s.testEnsureReportsChanges},
 		{"Ping", s.testPing},
 		{"RoundTrip", s.testRoundTrip},
 		{"DuplicateMessageIDsAreDropped", s.testDuplicates},

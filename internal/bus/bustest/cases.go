@@ -16,19 +16,21 @@ import (
 func (s *suite) testEnsureIsIdempotent(t *testing.T) {
 	b := s.newBus(t)
 	topic := bus.TopicSpec{Name: NewTestID(), DuplicateWindow: time.Minute}
-	require.NoError(t, b.EnsureTopic(s.ctx, topic))
-	require.NoError(t, b.EnsureTopic(s.ctx, topic), "second EnsureTopic")
+	s.ensureTopic(t, b, topic)
+	s.ensureTopic(t, b, topic)
 
 	sub := bus.SubscriptionSpec{Topic: topic.Name, Name: NewTestID(), LockDuration: s.f.lock(), MaxDeliveries: 5}
-	require.NoError(t, b.EnsureSubscription(s.ctx, sub))
-	require.NoError(t, b.EnsureSubscription(s.ctx, sub), "second EnsureSubscription")
+	s.ensureSubscription(t, b, sub)
+	s.ensureSubscription(t, b, sub)
 
 	// Changed specs update in place.
-	topic.DuplicateWindow = 2 * time.Minute
-	require.NoError(t, b.EnsureTopic(s.ctx, topic), "EnsureTopic with a new duplicate window")
+	if !s.f.FixedDuplicateWindow {
+		topic.DuplicateWindow = 2 * time.Minute
+		s.ensureTopic(t, b, topic)
+	}
 	sub.LockDuration = 2 * s.f.lock()
 	sub.MaxDeliveries = 7
-	require.NoError(t, b.EnsureSubscription(s.ctx, sub), "EnsureSubscription with new lock and max deliveries")
+	s.ensureSubscription(t, b, sub)
 
 	// And the topology still works.
 	e := &env{t: t, s: s, b: b, topic: topic.Name, sub: sub}
@@ -39,6 +41,36 @@ func (s *suite) testEnsureIsIdempotent(t *testing.T) {
 	g := waitFor(t, deliveries, s.f.timeout(), "a delivery after re-ensuring")
 	require.Equal(t, "after-ensure", g.ID)
 	require.NoError(t, g.SettleErr)
+}
+
+func (s *suite) testEnsureReportsChanges(t *testing.T) {
+	b := s.newBus(t)
+	topic := bus.TopicSpec{Name: NewTestID(), DuplicateWindow: time.Minute}
+	require.Equal(t, bus.ChangeCreated, s.ensureTopic(t, b, topic), "first EnsureTopic")
+	require.Equal(t, bus.ChangeUnchanged, s.ensureTopic(t, b, topic), "EnsureTopic with the same spec")
+	if s.f.FixedDuplicateWindow {
+		t.Log("the broker cannot change a duplicate window: not asking for an updated topic")
+	} else {
+		topic.DuplicateWindow = 2 * time.Minute
+		require.Equal(t, bus.ChangeUpdated, s.ensureTopic(t, b, topic), "EnsureTopic with a new duplicate window")
+		require.Equal(t, bus.ChangeUnchanged, s.ensureTopic(t, b, topic), "EnsureTopic after the update")
+	}
+
+	sub := bus.SubscriptionSpec{Topic: topic.Name, Name: NewTestID(), LockDuration: s.f.lock(), MaxDeliveries: 5}
+	require.Equal(t, bus.ChangeCreated, s.ensureSubscription(t, b, sub), "first EnsureSubscription")
+	require.Equal(t, bus.ChangeUnchanged, s.ensureSubscription(t, b, sub), "EnsureSubscription with the same spec")
+	sub.LockDuration = 2 * s.f.lock()
+	require.Equal(t, bus.ChangeUpdated, s.ensureSubscription(t, b, sub), "EnsureSubscription with a new lock duration")
+	require.Equal(t, bus.ChangeUnchanged, s.ensureSubscription(t, b, sub), "EnsureSubscription after the update")
+	sub.MaxDeliveries = 7
+	require.Equal(t, bus.ChangeUpdated, s.ensureSubscription(t, b, sub), "EnsureSubscription with new max deliveries")
+
+	// A second subscription on the same topic is created, not reported as
+	// a change of the first.
+	other := sub
+	other.Name = NewTestID()
+	require.Equal(t, bus.ChangeCreated, s.ensureSubscription(t, b, other), "another subscription")
+	require.Equal(t, bus.ChangeUnchanged, s.ensureSubscription(t, b, sub), "the first subscription again")
 }
 
 func (s *suite) testPing(t *testing.T) {
@@ -503,8 +535,10 @@ func (s *suite) testClosed(t *testing.T) {
 
 	_, err := e.b.Publish(s.ctx, e.topic, testMessage("late"))
 	require.ErrorIs(t, err, bus.ErrClosed, "Publish after Close")
-	require.ErrorIs(t, e.b.EnsureTopic(s.ctx, bus.TopicSpec{Name: e.topic}), bus.ErrClosed, "EnsureTopic after Close")
-	require.ErrorIs(t, e.b.EnsureSubscription(s.ctx, e.sub), bus.ErrClosed, "EnsureSubscription after Close")
+	_, err = e.b.EnsureTopic(s.ctx, bus.TopicSpec{Name: e.topic})
+	require.ErrorIs(t, err, bus.ErrClosed, "EnsureTopic after Close")
+	_, err = e.b.EnsureSubscription(s.ctx, e.sub)
+	require.ErrorIs(t, err, bus.ErrClosed, "EnsureSubscription after Close")
 	err = e.b.Receive(s.ctx, e.topic, e.sub.Name, bus.ReceiveOptions{}, func(context.Context, *bus.Delivery) {})
 	require.ErrorIs(t, err, bus.ErrClosed, "Receive after Close")
 	_, err = e.b.DeadLetters(s.ctx, e.topic, e.sub.Name, 1)

@@ -35,12 +35,12 @@ func (s *suite) setup(t *testing.T, adjust func(*bus.SubscriptionSpec)) *env {
 	t.Helper()
 	b := s.newBus(t)
 	topic := NewTestID()
-	require.NoError(t, b.EnsureTopic(s.ctx, bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute}))
+	s.ensureTopic(t, b, bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute})
 	spec := bus.SubscriptionSpec{Topic: topic, Name: NewTestID(), LockDuration: s.f.lock(), MaxDeliveries: 10}
 	if adjust != nil {
 		adjust(&spec)
 	}
-	require.NoError(t, b.EnsureSubscription(s.ctx, spec))
+	s.ensureSubscription(t, b, spec)
 	return &env{t: t, s: s, b: b, topic: topic, sub: spec}
 }
 
@@ -49,8 +49,27 @@ func (e *env) addSubscription() bus.SubscriptionSpec {
 	e.t.Helper()
 	spec := e.sub
 	spec.Name = NewTestID()
-	require.NoError(e.t, e.b.EnsureSubscription(e.s.ctx, spec))
+	e.s.ensureSubscription(e.t, e.b, spec)
 	return spec
+}
+
+// ensureTopic ensures the topic, requires success and a valid Change, and
+// returns the Change.
+func (s *suite) ensureTopic(t *testing.T, b bus.Bus, spec bus.TopicSpec) bus.Change {
+	t.Helper()
+	change, err := b.EnsureTopic(s.ctx, spec)
+	require.NoError(t, err, "EnsureTopic %+v", spec)
+	require.Contains(t, []bus.Change{bus.ChangeCreated, bus.ChangeUpdated, bus.ChangeUnchanged}, change, "EnsureTopic %+v", spec)
+	return change
+}
+
+// ensureSubscription is ensureTopic for a subscription.
+func (s *suite) ensureSubscription(t *testing.T, b bus.Bus, spec bus.SubscriptionSpec) bus.Change {
+	t.Helper()
+	change, err := b.EnsureSubscription(s.ctx, spec)
+	require.NoError(t, err, "EnsureSubscription %+v", spec)
+	require.Contains(t, []bus.Change{bus.ChangeCreated, bus.ChangeUpdated, bus.ChangeUnchanged}, change, "EnsureSubscription %+v", spec)
+	return change
 }
 
 func (e *env) publish(msgs ...bus.Message) bus.PublishResult {

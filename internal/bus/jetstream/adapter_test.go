@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -32,9 +33,13 @@ func openEmbedded(t *testing.T, cfg EmbeddedConfig) *Bus {
 // provision creates a topic and a subscription with a 2s lock.
 func provision(t *testing.T, b *Bus, topic string, maxDeliveries int) bus.SubscriptionSpec {
 	t.Helper()
-	require.NoError(t, b.EnsureTopic(t.Context(), bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute}))
+	change, err := b.EnsureTopic(t.Context(), bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, bus.ChangeCreated, change)
 	sub := bus.SubscriptionSpec{Topic: topic, Name: bustest.NewTestID(), LockDuration: 2 * time.Second, MaxDeliveries: maxDeliveries}
-	require.NoError(t, b.EnsureSubscription(t.Context(), sub))
+	change, err = b.EnsureSubscription(t.Context(), sub)
+	require.NoError(t, err)
+	require.Equal(t, bus.ChangeCreated, change)
 	return sub
 }
 
@@ -155,7 +160,8 @@ func TestTopicNamesAreSanitised(t *testing.T) {
 	sub := provision(t, b, topic, 5)
 	sub2 := sub
 	sub2.Name = "item.consumer/" + bustest.NewTestID()
-	require.NoError(t, b.EnsureSubscription(t.Context(), sub2))
+	_, err := b.EnsureSubscription(t.Context(), sub2)
+	require.NoError(t, err)
 
 	info, err := b.js.Stream(t.Context(), streamName(topic))
 	require.NoError(t, err)
@@ -168,19 +174,94 @@ func TestTopicNamesAreSanitised(t *testing.T) {
 
 	// Another topic that sanitises to the same stream name is refused.
 	clash := strings.ReplaceAll(topic, ".", "_")
-	err = b.EnsureTopic(t.Context(), bus.TopicSpec{Name: clash})
+	_, err = b.EnsureTopic(t.Context(), bus.TopicSpec{Name: clash})
 	require.ErrorContains(t, err, "already exists")
 	// So is another subscription name that maps to the same consumer.
 	sub3 := sub2
 	sub3.Name = strings.ReplaceAll(sub2.Name, "/", "_")
-	require.ErrorContains(t, b.EnsureSubscription(t.Context(), sub3), "already belongs")
+	_, err = b.EnsureSubscription(t.Context(), sub3)
+	require.ErrorContains(t, err, "already belongs")
+}
+
+// TestEnsureWritesOnlyWhatDiffers watches the JetStream API requests that
+// create or update the topic's stream and consumer: a spec the server
+// already has (zero values included, which the server or the adapter turn
+// into defaults) sends none and reports unchanged.
+func TestEnsureWritesOnlyWhatDiffers(t *testing.T) {
+	t.Parallel()
+	b := openEmbedded(t, EmbeddedConfig{})
+	topic := bustest.NewTestID()
+	writes, err := b.nc.SubscribeSync("$JS.API.*.*." + streamName(topic) + ".>")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = writes.Unsubscribe() })
+	streamWrites, err := b.nc.SubscribeSync("$JS.API.STREAM.*." + streamName(topic))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = streamWrites.Unsubscribe() })
+	// writesSince counts the create and update requests sent since the last call.
+	writesSince := func() int {
+		t.Helper()
+		require.NoError(t, b.nc.Flush())
+		n := 0
+		for _, sub := range []*nats.Subscription{writes, streamWrites} {
+			for {
+				m, err := sub.NextMsg(0)
+				if err != nil {
+					break
+				}
+				if strings.Contains(m.Subject, ".CREATE.") || strings.Contains(m.Subject, ".UPDATE.") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+
+	ensureTopic := func(spec bus.TopicSpec) bus.Change {
+		t.Helper()
+		change, err := b.EnsureTopic(t.Context(), spec)
+		require.NoError(t, err)
+		return change
+	}
+	ensureSubscription := func(spec bus.SubscriptionSpec) bus.Change {
+		t.Helper()
+		change, err := b.EnsureSubscription(t.Context(), spec)
+		require.NoError(t, err)
+		return change
+	}
+
+	tspec := bus.TopicSpec{Name: topic}
+	require.Equal(t, bus.ChangeCreated, ensureTopic(tspec))
+	require.Positive(t, writesSince())
+	require.Equal(t, bus.ChangeUnchanged, ensureTopic(tspec), "zero window is the server's default")
+	require.Zero(t, writesSince(), "an unchanged topic is not written")
+	tspec.DuplicateWindow = serverDefaultDuplicates
+	require.Equal(t, bus.ChangeUnchanged, ensureTopic(tspec), "the default spelled out")
+	tspec.DuplicateWindow = time.Minute
+	require.Equal(t, bus.ChangeUpdated, ensureTopic(tspec))
+	require.Positive(t, writesSince())
+
+	sspec := bus.SubscriptionSpec{Topic: topic, Name: bustest.NewTestID()}
+	require.Equal(t, bus.ChangeCreated, ensureSubscription(sspec))
+	require.Positive(t, writesSince())
+	require.Equal(t, bus.ChangeUnchanged, ensureSubscription(sspec), "zero values are the adapter's defaults")
+	require.Zero(t, writesSince(), "an unchanged consumer is not written")
+	sspec.LockDuration, sspec.MaxDeliveries = defaultLockDuration, defaultMaxDeliveries
+	require.Equal(t, bus.ChangeUnchanged, ensureSubscription(sspec), "the defaults spelled out")
+	sspec.MaxDeliveries = 3
+	require.Equal(t, bus.ChangeUpdated, ensureSubscription(sspec))
+	require.Positive(t, writesSince())
+
+	info, err := b.js.Consumer(t.Context(), streamName(topic), consumerName(sspec.Name))
+	require.NoError(t, err)
+	require.Equal(t, 4, info.CachedInfo().Config.MaxDeliver, "the update took effect (with the reserved delivery)")
 }
 
 func TestInvalidNamesAndProperties(t *testing.T) {
 	t.Parallel()
 	b := openEmbedded(t, EmbeddedConfig{})
 	for _, topic := range []string{"", "a.*", "a.>", "a..b", "dlq.x", "$SYS.x", "with space"} {
-		require.Error(t, b.EnsureTopic(t.Context(), bus.TopicSpec{Name: topic}), "topic %q", topic)
+		_, err := b.EnsureTopic(t.Context(), bus.TopicSpec{Name: topic})
+		require.Error(t, err, "topic %q", topic)
 	}
 	sub := provision(t, b, bustest.NewTestID(), 5)
 	for _, props := range []map[string]string{
@@ -198,8 +279,8 @@ func TestInvalidNamesAndProperties(t *testing.T) {
 		require.Error(t, err, "properties %v", props)
 		require.Equal(t, bus.PublishResult{}, res, "nothing is published when one message is invalid")
 	}
-	require.Error(t, b.EnsureSubscription(t.Context(), bus.SubscriptionSpec{Topic: bustest.NewTestID(), Name: "x"}),
-		"a subscription needs its topic")
+	_, err := b.EnsureSubscription(t.Context(), bus.SubscriptionSpec{Topic: bustest.NewTestID(), Name: "x"})
+	require.Error(t, err, "a subscription needs its topic")
 }
 
 // TestMaxDeliveriesAdvisoryFallback drives a message past the server's
@@ -261,8 +342,10 @@ func BenchmarkPublish(b *testing.B) {
 	require.NoError(b, err)
 	b.Cleanup(func() { _ = bs.Close() })
 	topic := bustest.NewTestID()
-	require.NoError(b, bs.EnsureTopic(b.Context(), bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute}))
-	require.NoError(b, bs.EnsureSubscription(b.Context(), bus.SubscriptionSpec{Topic: topic, Name: "bench"}))
+	_, err = bs.EnsureTopic(b.Context(), bus.TopicSpec{Name: topic, DuplicateWindow: time.Minute})
+	require.NoError(b, err)
+	_, err = bs.EnsureSubscription(b.Context(), bus.SubscriptionSpec{Topic: topic, Name: "bench"})
+	require.NoError(b, err)
 	const batch = 100
 	msgs := make([]bus.Message, batch)
 	b.ReportAllocs()

@@ -67,7 +67,7 @@ type recordingBus struct {
 	topics []string
 }
 
-func (r *recordingBus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) error {
+func (r *recordingBus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) (bus.Change, error) {
 	r.mu.Lock()
 	r.topics = append(r.topics, spec.Name)
 	r.mu.Unlock()

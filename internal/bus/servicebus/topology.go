@@ -43,20 +43,23 @@ var ErrNoDuplicateDetection = errors.New("topic exists without duplicate detecti
 // EnsureTopic creates the topic with duplicate detection on
 // (RequiresDuplicateDetection) and spec.DuplicateWindow as its history
 // window, or updates an existing topic's window. An existing topic
-// without duplicate detection is an error (ErrNoDuplicateDetection).
-func (b *Bus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) error {
+// without duplicate detection is an error (ErrNoDuplicateDetection). It
+// reports bus.ChangeCreated when it created the topic, bus.ChangeUpdated
+// when it changed the window, and bus.ChangeUnchanged otherwise (also for
+// a topic another process created meanwhile with the same window).
+func (b *Bus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) (bus.Change, error) {
 	if err := b.checkOpen(); err != nil {
-		return err
+		return "", err
 	}
 	if spec.Name == "" {
-		return errors.New("ensure topic: empty name")
+		return "", errors.New("ensure topic: empty name")
 	}
 	if w := spec.DuplicateWindow; w != 0 && (w < MinDuplicateWindow || w > MaxDuplicateWindow) {
-		return fmt.Errorf("ensure topic %s: DuplicateWindow %s is outside Service Bus's range of %s to %s", spec.Name, w, MinDuplicateWindow, MaxDuplicateWindow)
+		return "", fmt.Errorf("ensure topic %s: DuplicateWindow %s is outside Service Bus's range of %s to %s", spec.Name, w, MinDuplicateWindow, MaxDuplicateWindow)
 	}
 	existing, err := b.admin.GetTopic(ctx, spec.Name, nil)
 	if err != nil {
-		return fmt.Errorf("ensure topic %s: %w", spec.Name, b.closedOr(err))
+		return "", fmt.Errorf("ensure topic %s: %w", spec.Name, b.closedOr(err))
 	}
 	if existing == nil {
 		props := admin.TopicProperties{RequiresDuplicateDetection: ptr(true)}
@@ -65,32 +68,32 @@ func (b *Bus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) error {
 		}
 		_, err := b.admin.CreateTopic(ctx, spec.Name, &admin.CreateTopicOptions{Properties: &props})
 		if err == nil {
-			return nil
+			return bus.ChangeCreated, nil
 		}
 		if httpStatus(err) != http.StatusConflict {
-			return fmt.Errorf("ensure topic %s: create: %w", spec.Name, b.closedOr(err))
+			return "", fmt.Errorf("ensure topic %s: create: %w", spec.Name, b.closedOr(err))
 		}
 		// Created concurrently by another process: check what it made.
 		if existing, err = b.admin.GetTopic(ctx, spec.Name, nil); err != nil || existing == nil {
-			return fmt.Errorf("ensure topic %s: read after conflict: %w", spec.Name, b.closedOr(errors.Join(err, errors.New("topic not found"))))
+			return "", fmt.Errorf("ensure topic %s: read after conflict: %w", spec.Name, b.closedOr(errors.Join(err, errors.New("topic not found"))))
 		}
 	}
 	if !deref(existing.RequiresDuplicateDetection) {
-		return fmt.Errorf("ensure topic %s: %w", spec.Name, ErrNoDuplicateDetection)
+		return "", fmt.Errorf("ensure topic %s: %w", spec.Name, ErrNoDuplicateDetection)
 	}
 	if spec.DuplicateWindow == 0 {
-		return nil
+		return bus.ChangeUnchanged, nil
 	}
 	current, err := parseISODuration(deref(existing.DuplicateDetectionHistoryTimeWindow))
 	if err == nil && current == spec.DuplicateWindow.Truncate(time.Second) {
-		return nil
+		return bus.ChangeUnchanged, nil
 	}
 	props := existing.TopicProperties
 	props.DuplicateDetectionHistoryTimeWindow = ptr(durationISO(spec.DuplicateWindow))
 	if _, err := b.admin.UpdateTopic(ctx, spec.Name, props, nil); err != nil {
-		return fmt.Errorf("ensure topic %s: update duplicate window: %w", spec.Name, b.closedOr(err))
+		return "", fmt.Errorf("ensure topic %s: update duplicate window: %w", spec.Name, b.closedOr(err))
 	}
-	return nil
+	return bus.ChangeUpdated, nil
 }
 
 // EnsureSubscription creates the subscription on an existing topic, or
@@ -98,51 +101,53 @@ func (b *Bus) EnsureTopic(ctx context.Context, spec bus.TopicSpec) error {
 // lettering on message expiration, and MaxDeliveryCount one higher than
 // spec.MaxDeliveries (10 when zero): the extra delivery is reserved for
 // the adapter to dead-letter a message whose lock expired on its last
-// allowed delivery (see the package doc).
-func (b *Bus) EnsureSubscription(ctx context.Context, spec bus.SubscriptionSpec) error {
+// allowed delivery (see the package doc). It reports what it did like
+// EnsureTopic; a subscription that already has these settings is not
+// written to.
+func (b *Bus) EnsureSubscription(ctx context.Context, spec bus.SubscriptionSpec) (bus.Change, error) {
 	if err := b.checkOpen(); err != nil {
-		return err
+		return "", err
 	}
 	if spec.Topic == "" || spec.Name == "" {
-		return fmt.Errorf("ensure subscription %q on %q: empty topic or subscription name", spec.Name, spec.Topic)
+		return "", fmt.Errorf("ensure subscription %q on %q: empty topic or subscription name", spec.Name, spec.Topic)
 	}
 	want, err := subscriptionWant(spec)
 	if err != nil {
-		return fmt.Errorf("ensure subscription %s/%s: %w", spec.Topic, spec.Name, err)
+		return "", fmt.Errorf("ensure subscription %s/%s: %w", spec.Topic, spec.Name, err)
 	}
 	existing, err := b.admin.GetSubscription(ctx, spec.Topic, spec.Name, nil)
 	if err != nil {
-		return fmt.Errorf("ensure subscription %s/%s: %w", spec.Topic, spec.Name, b.closedOr(err))
+		return "", fmt.Errorf("ensure subscription %s/%s: %w", spec.Topic, spec.Name, b.closedOr(err))
 	}
 	if existing == nil {
 		props := want.properties()
 		_, err := b.admin.CreateSubscription(ctx, spec.Topic, spec.Name, &admin.CreateSubscriptionOptions{Properties: &props})
 		switch status := httpStatus(err); {
 		case err == nil:
-			return nil
+			return bus.ChangeCreated, nil
 		case status == http.StatusNotFound:
-			return fmt.Errorf("ensure subscription %s/%s: topic does not exist: %w", spec.Topic, spec.Name, err)
+			return "", fmt.Errorf("ensure subscription %s/%s: topic does not exist: %w", spec.Topic, spec.Name, err)
 		case status != http.StatusConflict:
-			return fmt.Errorf("ensure subscription %s/%s: create: %w", spec.Topic, spec.Name, b.closedOr(err))
+			return "", fmt.Errorf("ensure subscription %s/%s: create: %w", spec.Topic, spec.Name, b.closedOr(err))
 		}
 		if existing, err = b.admin.GetSubscription(ctx, spec.Topic, spec.Name, nil); err != nil || existing == nil {
-			return fmt.Errorf("ensure subscription %s/%s: read after conflict: %w", spec.Topic, spec.Name, b.closedOr(errors.Join(err, errors.New("subscription not found"))))
+			return "", fmt.Errorf("ensure subscription %s/%s: read after conflict: %w", spec.Topic, spec.Name, b.closedOr(errors.Join(err, errors.New("subscription not found"))))
 		}
 	}
 	if deref(existing.RequiresSession) {
-		return fmt.Errorf("ensure subscription %s/%s: the subscription requires sessions, which this adapter does not use", spec.Topic, spec.Name)
+		return "", fmt.Errorf("ensure subscription %s/%s: the subscription requires sessions, which this adapter does not use", spec.Topic, spec.Name)
 	}
 	if want.matches(existing.SubscriptionProperties) {
-		return nil
+		return bus.ChangeUnchanged, nil
 	}
 	props := existing.SubscriptionProperties
 	props.LockDuration = ptr(durationISO(want.lock))
 	props.MaxDeliveryCount = ptr(want.brokerMaxDeliveries())
 	props.DeadLetteringOnMessageExpiration = ptr(true)
 	if _, err := b.admin.UpdateSubscription(ctx, spec.Topic, spec.Name, props, nil); err != nil {
-		return fmt.Errorf("ensure subscription %s/%s: update: %w", spec.Topic, spec.Name, b.closedOr(err))
+		return "", fmt.Errorf("ensure subscription %s/%s: update: %w", spec.Topic, spec.Name, b.closedOr(err))
 	}
-	return nil
+	return bus.ChangeUpdated, nil
 }
 
 // subscriptionSettings are the settings EnsureSubscription manages.
