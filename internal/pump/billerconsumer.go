@@ -2,7 +2,6 @@ package pump
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -62,14 +61,8 @@ func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		return
 	}
 	log := c.deps.Logger.With("biller", m.BillerID, "message_id", d.ID)
-	b, err := c.billers.get(ctx, m.BillerID)
-	switch {
-	case errors.Is(err, catalog.ErrBillerNotFound):
-		deadLetter(ctx, c.deps, d, ReasonUnknownBiller, err)
-		return
-	case err != nil:
-		log.Warn("read biller", "error", err)
-		abandon(ctx, c.deps, d, c.cfg.RetryDelay)
+	b, ok := c.billers.billerFor(ctx, c.deps, d, m.BillerID, c.cfg.RetryDelay)
+	if !ok {
 		return
 	}
 	if b.Mode != catalog.ModePoll {

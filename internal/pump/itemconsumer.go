@@ -89,14 +89,8 @@ func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		deadLetter(ctx, c.deps, d, ReasonUnknownShard, err)
 		return
 	}
-	b, err := c.billers.get(ctx, m.BillerID)
-	switch {
-	case errors.Is(err, catalog.ErrBillerNotFound):
-		deadLetter(ctx, c.deps, d, ReasonUnknownBiller, err)
-		return
-	case err != nil:
-		log.Warn("read biller", "error", err)
-		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
+	b, ok := c.billers.billerFor(ctx, c.deps, d, m.BillerID, c.cfg.RetryInitial)
+	if !ok {
 		return
 	}
 	if b.Shard != m.Shard {

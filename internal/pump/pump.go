@@ -212,6 +212,23 @@ func (c *billerCache) get(ctx context.Context, id string) (catalog.Biller, error
 	return b, err
 }
 
+// billerFor reads the message's biller. When it cannot, it settles the
+// delivery (dead-letter for an unknown biller, abandon with retryDelay for a
+// catalog error) and returns false.
+func (c *billerCache) billerFor(ctx context.Context, deps *Deps, d *bus.Delivery, billerID string, retryDelay time.Duration) (catalog.Biller, bool) {
+	b, err := c.get(ctx, billerID)
+	switch {
+	case errors.Is(err, catalog.ErrBillerNotFound):
+		deadLetter(ctx, deps, d, ReasonUnknownBiller, err)
+		return b, false
+	case err != nil:
+		deps.Logger.Warn("read biller", "biller", billerID, "message_id", d.ID, "error", err)
+		abandon(ctx, deps, d, retryDelay)
+		return b, false
+	}
+	return b, true
+}
+
 // deadLetter dead-letters d with a reason, logging and counting it.
 func deadLetter(ctx context.Context, deps *Deps, d *bus.Delivery, reason string, cause error) {
 	deps.Logger.Warn("dead-lettering message", "topic", d.Topic, "message_id", d.ID, "reason", reason, "error", cause)
