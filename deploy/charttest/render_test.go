@@ -1,6 +1,8 @@
 package charttest
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -165,15 +167,28 @@ func (m *manifests) add(doc []byte) error {
 	return fmt.Errorf("unexpected object %s %s %q", head.APIVersion, head.Kind, name)
 }
 
-// decodeInto decodes doc strictly (unknown or duplicate fields are errors)
-// and files it under name, refusing a second object of that kind and name.
+// decodeInto decodes doc strictly and files it under name, refusing a
+// second object of that kind and name. Like kubectl and Helm, it turns the
+// YAML into JSON without looking at the target type (so a number where
+// the API wants a string stays a number and fails, as the API server
+// would refuse it), then decodes the JSON refusing unknown fields.
+// Duplicate keys are errors too.
 func decodeInto[T any](doc []byte, name string, into map[string]*T) error {
 	if _, dup := into[name]; dup {
 		return fmt.Errorf("%T %q rendered twice", *new(T), name)
 	}
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return fmt.Errorf("%T %q: %w", *new(T), name, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
 	obj := new(T)
-	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+	if err := dec.Decode(obj); err != nil {
 		return fmt.Errorf("decode %T %q: %w", *obj, name, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("decode %T %q: more than one object in the document", *obj, name)
 	}
 	into[name] = obj
 	return nil
