@@ -65,7 +65,9 @@ log: {level: error}
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan int, 1)
-	go func() { done <- run(runCtx, func() {}, []string{"run", "--config", cfgPath}, new(nopWriter), new(nopWriter)) }()
+	go func() {
+		done <- run(runCtx, func() {}, []string{"run", "--config", cfgPath}, new(nopWriter), new(nopWriter))
+	}()
 	t.Cleanup(func() { stop(); <-done })
 
 	id := fmt.Sprint(keys[0].ItemID)
