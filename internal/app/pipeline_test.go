@@ -141,12 +141,14 @@ func newHarness(t *testing.T, b backend, tune func(*config.Config)) *harness {
 	b.configure(t, &cfg)
 	cfg.Publisher.Interval = 200 * time.Millisecond
 	cfg.Publisher.LeaseTTL = 3 * time.Second
-	cfg.Publisher.StuckAfter = 3 * time.Second
+	cfg.Publisher.StuckAfter = 10 * time.Second
 	cfg.BillerConsumer.Batch = 100
 	cfg.BillerConsumer.MaxItemsPerMessage = 500
 	cfg.Bus.LockDuration = 5 * time.Second
 	cfg.ItemConsumer.Concurrency = 16
-	cfg.ItemConsumer.Lease = 10 * time.Second
+	// Generous: under -race on a loaded two-core machine a slow database
+	// write must not hand an item to a second worker.
+	cfg.ItemConsumer.Lease = 30 * time.Second
 	cfg.ItemConsumer.RetryInitial = 100 * time.Millisecond
 	cfg.ItemConsumer.RetryMax = 400 * time.Millisecond
 	cfg.ItemConsumer.MaxAttempts = 5
