@@ -3,10 +3,10 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -45,11 +45,12 @@ func TestAdminServerReportsProgressAndFailsReadinessWhenTheStoreStops(t *testing
 		// The backlog gauges are refreshed every publisher interval; wait
 		// for a refresh that has seen every item Processed.
 		require.Eventually(t, func() bool {
-			fams := scrapeMetrics(t, base)
-			return metricValue(fams, telemetry.MetricBacklog, map[string]string{"biller": "b1", "status": "Processed"}) == 20 &&
+			fams, err := scrapeMetrics(base)
+			return err == nil && metricValue(fams, telemetry.MetricBacklog, map[string]string{"biller": "b1", "status": "Processed"}) == 20 &&
 				metricValue(fams, telemetry.MetricBacklog, map[string]string{"biller": "b2", "status": "Processed"}) == 10
 		}, 30*time.Second, 100*time.Millisecond)
-		fams := scrapeMetrics(t, base)
+		fams, err := scrapeMetrics(base)
+		require.NoError(t, err)
 		require.Equal(t, float64(len(ws)), metricValue(fams, telemetry.MetricItems, map[string]string{"stage": "item_consumer", "outcome": "delivered"}))
 		for _, id := range []string{"b1", "b2", "b3"} {
 			require.Contains(t, seriesBillers(fams[telemetry.MetricBacklog]), id, "backlog gauges of biller %s", id)
@@ -96,15 +97,25 @@ func httpGet(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// scrapeMetrics reads /metrics and parses the text exposition format.
-func scrapeMetrics(t *testing.T, base string) map[string]*dto.MetricFamily {
-	t.Helper()
-	code, body := httpGet(t, base+"/metrics")
-	require.Equal(t, http.StatusOK, code, body)
+// scrapeMetrics reads /metrics and parses the text exposition format. It
+// does not fail the test, so it can run inside require.Eventually.
+func scrapeMetrics(base string) (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: status %d", resp.StatusCode)
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	require.NoError(t, err)
-	return fams
+	return p.TextToMetricFamilies(resp.Body)
 }
 
 // metricValue returns the value of the counter or gauge series with
