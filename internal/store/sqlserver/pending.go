@@ -1,0 +1,404 @@
+package sqlserver
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// sourceReadHints are the hints on every pending scan of an application's
+// table. READPAST skips a row another transaction holds — a row an
+// application is still inserting is invisible until it commits, as it would
+// be to a snapshot, but neither waited for (the scan never blocks the
+// applications, nor they it) nor read dirty (NOLOCK could hand out an item
+// whose insert then rolls back). A row skipped because an application is
+// updating it is found by the next poll. READCOMMITTEDLOCK makes the scan a
+// locking read, which READPAST requires when the database has
+// READ_COMMITTED_SNAPSHOT on. The anti-join probe into datapump_control
+// carries no hint: a record being written by a concurrent claimer is waited
+// for briefly and then counted as it committed.
+const sourceReadHints = `WITH (READCOMMITTEDLOCK, READPAST)`
+
+// pendingCondition is the anti-join that makes a source row pending: no
+// control record, or a New one. It seeks datapump_control's clustered key.
+func pendingCondition(src *source, control, itemType string) string {
+	return `NOT EXISTS (SELECT 1 FROM ` + control + ` AS c WHERE c.item_type = ` + itemType +
+		` AND c.item_id = s.` + src.key + ` AND c.status <> N'New')`
+}
+
+// billerCutover is one element of the JSON array of billers OPENJSON reads.
+type billerCutover struct {
+	B string `json:"b"`
+	C string `json:"c"`
+}
+
+// billersJSON encodes billers and their cut-overs (UTC, ISO 8601), each
+// biller once, the first occurrence winning.
+func billersJSON(billers []store.BillerCutover) (string, error) {
+	out := make([]billerCutover, 0, len(billers))
+	seen := map[string]bool{}
+	for _, b := range billers {
+		if seen[b.BillerID] {
+			continue
+		}
+		seen[b.BillerID] = true
+		out = append(out, billerCutover{B: b.BillerID, C: b.CutoverAt.UTC().Format(jsonTimeLayout)})
+	}
+	j, err := json.Marshal(out)
+	return string(j), err
+}
+
+// billersCTE is the CTE b (biller_id, cutover_at) read from a JSON
+// parameter. biller_id is varchar: compared with an application's varchar
+// biller column it keeps that column's index seekable.
+func billersCTE(p *params, billers string) string {
+	return `WITH b AS (
+    SELECT j.biller_id, j.cutover_at
+    FROM OPENJSON(` + p.add(billers) + `) WITH (biller_id varchar(128) '$.b', cutover_at datetime2(7) '$.c') AS j
+)`
+}
+
+// pendingCountSQL counts pending items and finds the oldest per biller in
+// ONE grouped query over every item type: billers and cut-overs arrive as
+// a JSON array, and each source table is joined on (biller, created-at >=
+// cut-over) — a seek on an index over (biller, created_at) — with the
+// anti-join against datapump_control's primary key.
+//
+// Locking review: a read; the source tables with sourceReadHints (no
+// blocking on the applications' open inserts, no dirty reads).
+func (s *Store) pendingCountSQL(billers string) (string, params) {
+	var p params
+	cte := billersCTE(&p, billers)
+	parts := make([]string, 0, len(s.order))
+	for _, src := range s.order {
+		typ := p.add(src.ItemType)
+		parts = append(parts, `    SELECT b.biller_id, COUNT_BIG(*) AS n, MIN(CAST(s.`+src.createdAt+` AS datetime2(7))) AS oldest
+    FROM b
+    JOIN `+src.table+` AS s `+sourceReadHints+`
+      ON s.`+src.biller+` = b.biller_id AND s.`+src.createdAt+` >= b.cutover_at`+src.typeFilter(&p, "s")+`
+    WHERE `+pendingCondition(src, s.t.control, typ)+`
+    GROUP BY b.biller_id`)
+	}
+	q := cte + `
+SELECT per_type.biller_id, SUM(per_type.n) AS pending, MIN(per_type.oldest) AS oldest
+FROM (
+` + strings.Join(parts, "\n    UNION ALL\n") + `
+) AS per_type
+GROUP BY per_type.biller_id
+ORDER BY per_type.biller_id;`
+	return q, p
+}
+
+// PendingCount counts pending items per biller (no control record, or a
+// New one; created at or after the biller's cut-over) and finds the oldest
+// one's created-at, with one grouped query over every item type. Billers
+// without pending items are left out; a biller named twice counts once,
+// with its first cut-over.
+func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
+	if len(p.Billers) == 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	billers, err := billersJSON(p.Billers)
+	if err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	q, args := s.pendingCountSQL(billers)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	defer rows.Close()
+	var out []store.BillerPending
+	for rows.Next() {
+		var bp store.BillerPending
+		var oldest sql.NullTime
+		if err := rows.Scan(&bp.BillerID, &bp.Pending, &oldest); err != nil {
+			return nil, fmt.Errorf("count pending: %w", err)
+		}
+		bp.OldestCreatedAt = utc(oldest)
+		out = append(out, bp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	return out, nil
+}
+
+// candidateColumns selects one source row as a candidate: item type, key,
+// biller and created-at, cast to the types of the batch's table variables
+// (COLLATE DATABASE_DEFAULT keeps UNION ALL of tables with different
+// collations from conflicting).
+func candidateColumns(src *source, itemType string) string {
+	return `CAST(` + itemType + ` AS nvarchar(64)) AS item_type, CAST(s.` + src.key + ` AS bigint) AS item_id,
+            CAST(s.` + src.biller + ` AS nvarchar(128)) COLLATE DATABASE_DEFAULT AS biller_id,
+            CAST(s.` + src.createdAt + ` AS datetime2(7)) AS created_at`
+}
+
+// claimPendingSQL is the biller consumer's claim, one batch in one READ
+// COMMITTED transaction:
+//
+//  1. Candidates: per item type the oldest @limit pending rows of the
+//     biller from the cut-over on (TOP with ORDER BY in a derived table, an
+//     ordered seek on (biller, created_at) that stops early), then the
+//     oldest @limit overall by created-at, item type, id, into @cand, with
+//     whether a (New) record exists.
+//  2. New → Fetched for candidates with a New record, through a CTE
+//     SELECT TOP (@limit) … FROM datapump_control WITH (ROWLOCK, UPDLOCK,
+//     READPAST) … ORDER BY key, then UPDATE of the CTE with OUTPUT … INTO.
+//  3. Insert-if-absent as Fetched for candidates without a record, with the
+//     existence check WITH (UPDLOCK, HOLDLOCK).
+//  4. Return the claimed rows in candidate order, and the candidate count.
+//
+// Locking review. Step 1 reads the applications' tables with
+// sourceReadHints (an uncommitted insert is skipped and found by a later
+// claim — the anti-join, not an id cursor, guarantees that) and holds no
+// locks afterwards. Step 2 seeks datapump_control by primary key from
+// @cand (so it locks only candidate rows; a scan of the table under UPDLOCK
+// would lock, and at 5000 locks escalate to, the whole history); UPDLOCK
+// holds each taken row to commit, READPAST skips a New row another claimer
+// is taking instead of waiting (it is that claimer's), ROWLOCK keeps locks
+// on rows, READCOMMITTEDLOCK keeps READPAST legal under
+// READ_COMMITTED_SNAPSHOT, and the status is re-checked on the locked row.
+// FORCESEEK (here and in step 3) pins the access to seeks on the clustered
+// key: a small table could otherwise tempt the optimizer into a scan, which
+// under UPDLOCK or HOLDLOCK would lock every row or range it passes.
+// Step 3's NOT EXISTS WITH (UPDLOCK, HOLDLOCK) takes a RangeS-U lock on the
+// key range of each absent item until commit: a concurrent claimer of the
+// same item waits there, then sees the committed record and skips it, so
+// no item gets two records or two claimers; candidates are probed in key
+// order (@cand's primary key), so claimers lock ranges in one order, and
+// step 3 never probes the New rows step 2 may hold. The insert is not a
+// MERGE, which without HOLDLOCK is not atomic. A deadlock victim (1205) or a
+// duplicate key (2627/2601: another claimer won) rolls the transaction back
+// and the claim runs again.
+func (s *Store) claimPendingSQL(p store.ControlClaimPendingParams) (string, params) {
+	var a params
+	biller := a.add(varchar(p.BillerID))
+	cutover := a.add(cutoverArg(p.CutoverAt))
+	limit := a.add(int64(p.Limit))
+	owner := a.add(p.Owner)
+	parts := make([]string, 0, len(s.order))
+	for i, src := range s.order {
+		typ := a.add(src.ItemType)
+		parts = append(parts, fmt.Sprintf(`    SELECT t%d.* FROM (
+        SELECT TOP (%s) %s,
+            CASE WHEN EXISTS (SELECT 1 FROM %s AS r WHERE r.item_type = %s AND r.item_id = s.%s) THEN 1 ELSE 0 END AS has_record
+        FROM %s AS s %s
+        WHERE s.%s = %s AND s.%s >= CAST(%s AS datetime2(7))%s
+          AND %s
+        ORDER BY s.%s, s.%s
+    ) AS t%d`,
+			i, limit, candidateColumns(src, typ),
+			s.t.control, typ, src.key,
+			src.table, sourceReadHints,
+			src.biller, biller, src.createdAt, cutover, src.typeFilter(&a, "s"),
+			pendingCondition(src, s.t.control, typ),
+			src.createdAt, src.key, i))
+	}
+	q := `SET NOCOUNT ON;
+` + declareNow + `
+DECLARE @cand TABLE (
+    item_type nvarchar(64) NOT NULL, item_id bigint NOT NULL, biller_id nvarchar(128) NOT NULL,
+    created_at datetime2(7) NOT NULL, has_record bit NOT NULL,
+    PRIMARY KEY (item_type, item_id)
+);
+DECLARE @claimed TABLE (
+    item_type nvarchar(64) NOT NULL, item_id bigint NOT NULL, biller_id nvarchar(128) NOT NULL,
+    version bigint NOT NULL, attempts int NOT NULL, source_created_at datetime2(3) NULL
+);
+INSERT INTO @cand (item_type, item_id, biller_id, created_at, has_record)
+SELECT TOP (` + limit + `) u.item_type, u.item_id, u.biller_id, u.created_at, u.has_record
+FROM (
+` + strings.Join(parts, "\n    UNION ALL\n") + `
+) AS u
+ORDER BY u.created_at, u.item_type, u.item_id;
+WITH n AS (
+    SELECT TOP (` + limit + `) c.item_type, c.item_id, c.biller_id, c.status, c.version, c.attempts, c.owner, c.origin,
+        c.source_created_at, c.fetched_at, c.updated_at, cand.created_at AS cand_created_at
+    FROM ` + s.t.control + ` AS c WITH (ROWLOCK, UPDLOCK, READPAST, READCOMMITTEDLOCK, FORCESEEK)
+    JOIN @cand AS cand ON cand.item_type = c.item_type AND cand.item_id = c.item_id
+    WHERE cand.has_record = 1 AND c.status = N'New'
+    ORDER BY c.item_type, c.item_id
+)
+UPDATE n
+SET status = N'Fetched', version = version + 1, owner = ` + owner + `, origin = N'poll',
+    source_created_at = COALESCE(source_created_at, cand_created_at), fetched_at = @now, updated_at = @now
+OUTPUT inserted.item_type, inserted.item_id, inserted.biller_id, inserted.version, inserted.attempts, inserted.source_created_at
+INTO @claimed (item_type, item_id, biller_id, version, attempts, source_created_at);
+INSERT INTO ` + s.t.control + ` (item_type, item_id, biller_id, status, version, attempts, owner, origin,
+    source_created_at, created_at, updated_at, fetched_at)
+OUTPUT inserted.item_type, inserted.item_id, inserted.biller_id, inserted.version, inserted.attempts, inserted.source_created_at
+INTO @claimed (item_type, item_id, biller_id, version, attempts, source_created_at)
+SELECT cand.item_type, cand.item_id, cand.biller_id, N'Fetched', 1, 0, ` + owner + `, N'poll',
+    cand.created_at, @now, @now, @now
+FROM @cand AS cand
+WHERE cand.has_record = 0
+  AND NOT EXISTS (SELECT 1 FROM ` + s.t.control + ` AS c WITH (UPDLOCK, HOLDLOCK, FORCESEEK)
+                  WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id)
+ORDER BY cand.item_type, cand.item_id;
+SELECT n.candidates, r.item_type, r.item_id, r.biller_id, r.version, r.attempts, r.source_created_at
+FROM (SELECT COUNT(*) AS candidates FROM @cand) AS n
+LEFT JOIN (
+    SELECT cl.item_type, cl.item_id, cl.biller_id, cl.version, cl.attempts, cl.source_created_at, cand.created_at AS cand_created_at
+    FROM @claimed AS cl JOIN @cand AS cand ON cand.item_type = cl.item_type AND cand.item_id = cl.item_id
+) AS r ON 1 = 1
+ORDER BY r.cand_created_at, r.item_type, r.item_id;`
+	return q, a
+}
+
+// claimRounds bounds how often ControlClaimPending runs again when every
+// candidate it saw was taken by a concurrent claimer in the meantime, or
+// when it lost a deadlock or a duplicate-key race.
+const claimRounds = 5
+
+// ControlClaimPending claims up to Limit pending items of one biller, oldest
+// created first (ties: item type, then key), in one transaction (see
+// claimPendingSQL): New records move to Fetched, items without a record get
+// one as Fetched, and an item a concurrent claimer took is left out.
+func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
+	if p.Limit <= 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	q, args := s.claimPendingSQL(p)
+	var lastErr error
+	for range claimRounds {
+		claimed, candidates, err := s.claimPendingOnce(ctx, q, args)
+		if isDeadlock(err) || isDuplicateKey(err) {
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("claim pending of biller %s: %w", p.BillerID, err)
+		}
+		lastErr = nil
+		if len(claimed) > 0 || candidates == 0 {
+			return claimed, nil
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("claim pending of biller %s: %w", p.BillerID, lastErr)
+	}
+	return nil, nil
+}
+
+func (s *Store) claimPendingOnce(ctx context.Context, q string, args []any) ([]store.Claimed, int64, error) {
+	var (
+		out        []store.Claimed
+		candidates int64
+	)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				itemType, billerID sql.NullString
+				itemID, version    sql.NullInt64
+				attempts           sql.NullInt64
+				created            sql.NullTime
+			)
+			if err := rows.Scan(&candidates, &itemType, &itemID, &billerID, &version, &attempts, &created); err != nil {
+				return err
+			}
+			if !itemType.Valid {
+				continue // nothing claimed: only the candidate count
+			}
+			out = append(out, store.Claimed{
+				ItemKey:         store.ItemKey{ItemType: itemType.String, ItemID: itemID.Int64},
+				BillerID:        billerID.String,
+				Version:         version.Int64,
+				Attempts:        int(attempts.Int64),
+				SourceCreatedAt: utc(created),
+			})
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, candidates, nil
+}
+
+// pendingListSQL lists the oldest pending items of the billers created at
+// least olderMS before the database clock: per item type the oldest @limit
+// in (biller, created-at) order, then the oldest @limit overall.
+//
+// Locking review: a read, as pendingCountSQL.
+func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64) (string, params) {
+	var p params
+	older := p.add(olderMS)
+	cte := billersCTE(&p, billers)
+	top := p.add(limit)
+	parts := make([]string, 0, len(s.order))
+	for i, src := range s.order {
+		typ := p.add(src.ItemType)
+		parts = append(parts, fmt.Sprintf(`    SELECT t%d.* FROM (
+        SELECT TOP (%s) %s
+        FROM b
+        JOIN %s AS s %s
+          ON s.%s = b.biller_id AND s.%s >= b.cutover_at AND s.%s <= @before%s
+        WHERE %s
+        ORDER BY s.%s, s.%s
+    ) AS t%d`,
+			i, top, candidateColumns(src, typ),
+			src.table, sourceReadHints,
+			src.biller, src.createdAt, src.createdAt, src.typeFilter(&p, "s"),
+			pendingCondition(src, s.t.control, typ),
+			src.createdAt, src.key, i))
+	}
+	q := `SET NOCOUNT ON;
+` + declareNow + `
+DECLARE @before datetime2(3) = DATEADD(millisecond, -` + older + `, @now);
+` + cte + `
+SELECT TOP (` + top + `) u.item_type, u.item_id, u.biller_id, u.created_at
+FROM (
+` + strings.Join(parts, "\n    UNION ALL\n") + `
+) AS u
+ORDER BY u.created_at, u.item_type, u.item_id;`
+	return q, p
+}
+
+// PendingList lists the oldest Limit pending items (no control record, or
+// a New one) of the given billers, created at or after their cut-over and
+// at least OlderThan before the database clock, oldest first (then item
+// type, then id), in one query; a zero Limit means 100.
+func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
+	if len(p.Billers) == 0 || len(s.order) == 0 {
+		return nil, nil
+	}
+	older, err := millis("older_than", p.OlderThan)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	billers, err := billersJSON(p.Billers)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	q, args := s.pendingListSQL(billers, older, limitOr(p.Limit, defaultLimit))
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	defer rows.Close()
+	var out []store.SourceRow
+	for rows.Next() {
+		var r store.SourceRow
+		var created time.Time
+		if err := rows.Scan(&r.ItemType, &r.ItemID, &r.BillerID, &created); err != nil {
+			return nil, fmt.Errorf("pending list: %w", err)
+		}
+		r.CreatedAt = created.UTC()
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pending list: %w", err)
+	}
+	return out, nil
+}
