@@ -108,7 +108,10 @@ func (s *Store) queryControls(ctx context.Context, q string, args []any) ([]stor
 	return out, err
 }
 
-// controlGetSQL reads one record by primary key.
+// controlGetSQL reads one record by primary key. Locking review: a plain
+// READ COMMITTED read of one key: a shared lock held only while the row is
+// read (or the last committed version under READ_COMMITTED_SNAPSHOT), so it
+// waits at most for a transition in flight and never blocks one for long.
 func (s *Store) controlGetSQL(key store.ItemKey) (string, params) {
 	var p params
 	return `SELECT ` + controlColumns + ` FROM ` + s.t.control +
@@ -606,8 +609,8 @@ func (s *Store) ControlReclaimExpired(ctx context.Context, p store.ControlReclai
 	return out, nil
 }
 
-// controlListSQL lists records for operators, newest first. A plain read:
-// no locking hints.
+// controlListSQL lists records for operators, newest first. Locking
+// review: a plain read, no hints; shared locks are released as it goes.
 func (s *Store) controlListSQL(p store.ControlListParams) (string, params, error) {
 	var a params
 	q := `SELECT TOP (` + a.add(limitOr(p.Limit, defaultLimit)) + `) ` + controlColumns + ` FROM ` + s.t.control
@@ -654,7 +657,9 @@ func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]s
 }
 
 // countByStatusSQL counts records per biller and status, in pipeline order
-// of the status. The statuses are the port's constants, not input.
+// of the status. The statuses are the port's constants, not input. Locking
+// review: a plain read over IX_datapump_control_biller_status; shared locks
+// are released row by row, so it never holds up the claimers.
 func (s *Store) countByStatusSQL() string {
 	var order strings.Builder
 	for i, st := range store.Statuses {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -102,7 +103,7 @@ func (s *Store) DemoItemsInsert(ctx context.Context, demo []store.DemoItem) ([]s
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("insert demo items: %w", err)
 	}
 	return keys, nil
 }
@@ -158,6 +159,14 @@ func (s *Store) demoItemTables() map[string]demoTable {
 // generated ids, and returns the generated ids ascending. INSERT … SELECT …
 // ORDER BY assigns identity values in ORDER BY order, so the i-th smallest
 // id belongs to the row with ord i.
+//
+// Locking review: generated ids come from IDENTITY, which is not
+// transactional: two open inserts take ids without waiting for each other
+// (the lower id may commit last, which the suite relies on). An explicit
+// account is inserted only if missing, checked WITH (UPDLOCK, HOLDLOCK,
+// FORCESEEK) as in claimInsertSQL, so two inserts naming one new account
+// do not both create it. Nothing reads other rows, so an insert never waits
+// on another transaction's uncommitted rows.
 func demoInsertSQL(t demoTable, explicit, generated string, onlyMissing bool) (string, params) {
 	var p params
 	q := `SET NOCOUNT ON;
@@ -259,13 +268,13 @@ func (s *Store) demoItemsInsertTx(ctx context.Context, tx *sql.Tx, demo []store.
 	)
 	for i, it := range demo {
 		if _, ok := tables[it.ItemType]; !ok {
-			return nil, fmt.Errorf("insert demo items: item %d: %w: %q (the demo schema has payment and paperless)", i, store.ErrUnknownItemType, it.ItemType)
+			return nil, fmt.Errorf("item %d: %w: %q (the demo schema has payment and paperless)", i, store.ErrUnknownItemType, it.ItemType)
 		}
 		if it.BillerID == "" {
-			return nil, fmt.Errorf("insert demo items: item %d: biller_id: required", i)
+			return nil, fmt.Errorf("item %d: biller_id: required", i)
 		}
 		if it.ItemID < 0 {
-			return nil, fmt.Errorf("insert demo items: item %d: item_id: %d must not be negative", i, it.ItemID)
+			return nil, fmt.Errorf("item %d: item_id: %d must not be negative", i, it.ItemID)
 		}
 		keys[i] = store.ItemKey{ItemType: it.ItemType, ItemID: it.ItemID}
 		email := it.Email
@@ -292,7 +301,7 @@ func (s *Store) demoItemsInsertTx(ctx context.Context, tx *sql.Tx, demo []store.
 	}
 	generated, err := demoInsert(ctx, tx, s.demoAccounts(), accounts, true)
 	if err != nil {
-		return nil, fmt.Errorf("insert demo items: accounts: %w", err)
+		return nil, fmt.Errorf("accounts: %w", err)
 	}
 	// generated is in the order of the accounts that had no id.
 	var n int
@@ -328,7 +337,7 @@ func (s *Store) demoItemsInsertTx(ctx context.Context, tx *sql.Tx, demo []store.
 		}
 		ids, err := demoInsert(ctx, tx, tables[itemType], rows, false)
 		if err != nil {
-			return nil, fmt.Errorf("insert demo items: %s: %w", itemType, err)
+			return nil, fmt.Errorf("%s: %w", itemType, err)
 		}
 		var g int
 		for k, r := range rows {
@@ -339,7 +348,7 @@ func (s *Store) demoItemsInsertTx(ctx context.Context, tx *sql.Tx, demo []store.
 		}
 	}
 	if slices.ContainsFunc(keys, func(k store.ItemKey) bool { return k.ItemID == 0 }) {
-		return nil, fmt.Errorf("insert demo items: an item got no id")
+		return nil, errors.New("an item got no id")
 	}
 	return keys, nil
 }

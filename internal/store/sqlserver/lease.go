@@ -35,7 +35,9 @@ SELECT owner FROM ` + s.t.lease + ` WHERE name = ` + n + `;`
 	return q, p
 }
 
-// leaseReleaseSQL gives the lease up if owner holds it.
+// leaseReleaseSQL gives the lease up if owner holds it. Locking review: a
+// single-key delete on the primary key; the owner condition is checked on
+// the X-locked row, so a lease another owner took over is left alone.
 func (s *Store) leaseReleaseSQL(name, owner string) (string, params) {
 	var p params
 	return `DELETE FROM ` + s.t.lease + ` WHERE name = ` + p.add(name) + ` AND owner = ` + p.add(owner), p

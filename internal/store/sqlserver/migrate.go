@@ -28,6 +28,13 @@ const schemaPlaceholder = "{{schema}}"
 // migration (sp_getapplock's @LockTimeout, in milliseconds).
 const migrateLockTimeoutMS int32 = 300_000
 
+// minCompatibilityLevel is the lowest database compatibility level with
+// OPENJSON, which carries every batch of the adapter.
+const minCompatibilityLevel = 130
+
+// compatibilityLevelSQL reads the current database's compatibility level.
+const compatibilityLevelSQL = `SELECT compatibility_level FROM sys.databases WHERE name = DB_NAME()`
+
 // renderMigrations returns the embedded migration files with the quoted
 // schema filled in, as goose reads them.
 func renderMigrations(quotedSchema string) (fs.FS, error) {
@@ -62,10 +69,18 @@ SELECT @lock;`
 
 // Migrate creates or upgrades the pump's tables (control records, lease,
 // billers) in the configured schema, creating the schema first if it is
-// missing. It never touches source tables and is safe to run again, and from
+// missing, after checking the database's compatibility level allows
+// OPENJSON. It never touches source tables and is safe to run again, and from
 // several processes at once: goose holds an application lock
 // (sp_getapplock) on its connection while it migrates.
 func (s *Store) Migrate(ctx context.Context) error {
+	var level int
+	if err := s.db.QueryRowContext(ctx, compatibilityLevelSQL).Scan(&level); err != nil {
+		return fmt.Errorf("migrate: read compatibility level: %w", err)
+	}
+	if level < minCompatibilityLevel {
+		return fmt.Errorf("migrate: database compatibility level %d: the adapter needs %d or higher (SQL Server 2016) for OPENJSON", level, minCompatibilityLevel)
+	}
 	if err := s.ensureSchema(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}

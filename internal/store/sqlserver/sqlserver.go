@@ -79,8 +79,10 @@ const maxItemTypeLen = 64
 // (the driver resets the session first). XACT_ABORT makes any error roll the
 // whole transaction back; the SET options are the ones filtered indexes
 // require of every session that writes the indexed table (a session with
-// different ones fails with error 1934); the isolation level is set because a
-// session reset does not promise to restore it.
+// different ones fails with error 1934) — go-mssqldb sets none of them
+// itself, so they are not left to the server's login defaults; the isolation
+// level is set because a session reset does not promise to restore it. The
+// price is one short round trip each time a pooled connection is reused.
 const sessionInit = `SET XACT_ABORT ON; SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET ANSI_WARNINGS ON; ` +
 	`SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; SET NUMERIC_ROUNDABORT OFF; ` +
 	`SET TRANSACTION ISOLATION LEVEL READ COMMITTED;`

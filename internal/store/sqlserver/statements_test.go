@@ -72,6 +72,7 @@ func allStatements(t *testing.T) []statement {
 	require.NoError(t, err)
 
 	add("now")(nowSQL, nil)
+	add("compatibility-level")(compatibilityLevelSQL, nil)
 	add("create-schema")(s.createSchemaSQL())
 	add("migrate-lock")(appLockSQL, params{"datapump:migrate:dbo", migrateLockTimeoutMS})
 	add("migrate-unlock")(appUnlockSQL, params{"datapump:migrate:dbo"})
