@@ -251,19 +251,29 @@ ORDER BY r.cand_created_at, r.item_type, r.item_id;`
 	return q, a
 }
 
+// maxClaimBatch caps one claim. SQL Server tries to escalate a
+// statement's row locks to a table lock at about 5,000 locks on one index,
+// and a claimed row costs a key lock in the clustered key and in each index
+// it enters (plus a range lock while its absence is checked): a larger batch
+// could lock the whole control table against every other claimer. The port
+// promises up to Limit items; the caller claims again for more.
+const maxClaimBatch = 1000
+
 // claimRounds bounds how often ControlClaimPending runs again when every
 // candidate it saw was taken by a concurrent claimer in the meantime, or
 // when it lost a deadlock or a duplicate-key race.
 const claimRounds = 5
 
-// ControlClaimPending claims up to Limit pending items of one biller, oldest
-// created first (ties: item type, then key), in one transaction (see
-// claimPendingSQL): New records move to Fetched, items without a record get
-// one as Fetched, and an item a concurrent claimer took is left out.
+// ControlClaimPending claims up to Limit (at most 1000) pending items of one
+// biller, oldest created first (ties: item type, then key), in one
+// transaction (see claimPendingSQL): New records move to Fetched, items
+// without a record get one as Fetched, and an item a concurrent claimer took
+// is left out.
 func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
 	if p.Limit <= 0 || len(s.order) == 0 {
 		return nil, nil
 	}
+	p.Limit = min(p.Limit, maxClaimBatch)
 	q, args := s.claimPendingSQL(p)
 	var lastErr error
 	for range claimRounds {
