@@ -72,3 +72,13 @@ shards: [{name: s1, driver: postgres, dsn: "postgres://postgres:Hunter2Secret@12
 	require.NotEqual(t, exitOK, code)
 	require.NotContains(t, out+errOut, "Hunter2Secret")
 }
+
+func TestMalformedSQLServerDSNFailsWithoutPrintingIt(t *testing.T) {
+	t.Parallel()
+	cfg := writeConfig(t, `catalog: {driver: sqlserver, dsn: "sqlserver://sa:Sup3rSecretPw@db.example:notaport?database=x"}
+shards: [{name: s1, driver: sqlserver, dsn: "sqlserver://sa:Sup3rSecretPw@db.example:notaport?database=x"}]
+`)
+	code, out, errOut := runCLI(t, "migrate", "--config", cfg)
+	require.NotEqual(t, exitOK, code)
+	require.NotContains(t, out+errOut, "Sup3rSecretPw")
+}

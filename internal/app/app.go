@@ -25,6 +25,7 @@ import (
 	"github.com/datapump/datapump/internal/store"
 	"github.com/datapump/datapump/internal/store/postgres"
 	"github.com/datapump/datapump/internal/store/sqlite"
+	"github.com/datapump/datapump/internal/store/sqlserver"
 	"github.com/datapump/datapump/internal/telemetry"
 )
 
@@ -104,6 +105,8 @@ func openStore(ctx context.Context, driver, dsn string, maxConns int, sources []
 		return sqlite.Open(ctx, sqlite.Config{Path: dsn, Sources: sources, Logger: logger})
 	case config.DriverPostgres:
 		return postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(maxConns), Sources: sources, Logger: logger})
+	case config.DriverSQLServer:
+		return sqlserver.Open(ctx, sqlserver.Config{DSN: dsn, MaxConns: maxConns, Sources: sources, Logger: logger})
 	}
 	return nil, fmt.Errorf("unknown driver %q", driver)
 }
