@@ -55,6 +55,7 @@ func run(ctx context.Context, stopSignals func(), args []string, stdout, stderr 
 		retryCmd(env),
 		provisionCmd(env),
 		publishItemCmd(env),
+		benchCmd(env),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

@@ -1,0 +1,367 @@
+// Package bench measures the pump end to end on the embedded default or on
+// PostgreSQL with an external NATS server, and sets it against two anchors
+// on the same PostgreSQL: River (a general job queue) doing the same work,
+// and the raw SQL ceiling of the pump's own per-item statements. It also
+// times the publisher's pending scan and a biller claim as history grows.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/datapump/datapump/internal/app"
+	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/cis/mockcis"
+	"github.com/datapump/datapump/internal/config"
+	"github.com/datapump/datapump/internal/demo"
+	"github.com/datapump/datapump/internal/items"
+	"github.com/datapump/datapump/internal/pump"
+	"github.com/datapump/datapump/internal/store"
+)
+
+// Backends the pump benchmark runs on.
+const (
+	BackendEmbedded = "embedded"
+	BackendPostgres = "postgres"
+)
+
+// Defaults for the PostgreSQL backend and the anchors.
+const (
+	DefaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	DefaultNATSURL     = "nats://127.0.0.1:4222"
+)
+
+// Options size one benchmark run.
+type Options struct {
+	Items   int
+	Billers int
+	Shards  int
+	// Backend is BackendEmbedded (SQLite + in-process NATS) or BackendPostgres.
+	Backend string
+	// PostgresDSN and NATSURL are used by BackendPostgres and the anchors.
+	PostgresDSN string
+	NATSURL     string
+	// Concurrency is the item consumers' (and the anchors' workers') concurrency.
+	Concurrency int
+	// Timeout bounds each measured run.
+	Timeout time.Duration
+	// Progress receives a progress bar (nil: none).
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+// DefaultOptions are sized for a small machine.
+func DefaultOptions() Options {
+	return Options{
+		Items: 100000, Billers: 100, Shards: 2, Backend: BackendEmbedded,
+		PostgresDSN: DefaultPostgresDSN, NATSURL: DefaultNATSURL, Concurrency: 64, Timeout: 10 * time.Minute,
+	}
+}
+
+func (o *Options) normalize() error {
+	if o.Items <= 0 || o.Billers <= 0 || o.Shards <= 0 {
+		return errors.New("items, billers and shards must be positive")
+	}
+	if o.Backend != BackendEmbedded && o.Backend != BackendPostgres {
+		return fmt.Errorf("backend %q: want %s or %s", o.Backend, BackendEmbedded, BackendPostgres)
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.PostgresDSN == "" {
+		o.PostgresDSN = DefaultPostgresDSN
+	}
+	if o.NATSURL == "" {
+		o.NATSURL = DefaultNATSURL
+	}
+	return nil
+}
+
+// Latency summarises a latency distribution in milliseconds.
+type Latency struct {
+	P50ms float64 `json:"p50_ms"`
+	P95ms float64 `json:"p95_ms"`
+	P99ms float64 `json:"p99_ms"`
+}
+
+// PumpResult is what one pump run measured.
+type PumpResult struct {
+	Backend    string  `json:"backend"`
+	Items      int     `json:"items"`
+	Billers    int     `json:"billers"`
+	Shards     int     `json:"shards"`
+	Delivered  int     `json:"delivered"`
+	Duplicates int     `json:"duplicates"`
+	ElapsedS   float64 `json:"elapsed_s"`
+	ItemsPerS  float64 `json:"items_per_s"`
+	// InsertToCIS is from the source row's created-at to the CIS accepting it.
+	InsertToCIS Latency `json:"insert_to_cis"`
+	// CreatedToQueued is from the source row's created-at to the control
+	// record's queued_at.
+	CreatedToQueued Latency `json:"created_to_queued"`
+	// QueuedToProcessed is from queued_at to processed_at.
+	QueuedToProcessed Latency `json:"queued_to_processed"`
+}
+
+type seeded struct {
+	shard     string
+	key       store.ItemKey
+	createdAt time.Time
+}
+
+// RunPump loads opts.Items work items across the billers and shards, then
+// runs the publisher, the biller consumer and the item consumers in this
+// process against a mock CIS with no added latency, until every item was
+// delivered. Throughput counts from the jobs' start to the last delivery.
+func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
+	if err := opts.normalize(); err != nil {
+		return PumpResult{}, err
+	}
+	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+
+	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger)
+	if err != nil {
+		return res, err
+	}
+	defer stopCIS()
+
+	dir, err := os.MkdirTemp("", "datapump-bench-")
+	if err != nil {
+		return res, fmt.Errorf("bench dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	cfg := demo.Config(dir, opts.Shards)
+	cfg.Owner = "bench"
+	cfg.ItemConsumer.Concurrency = opts.Concurrency
+	cfg.CIS.MaxConcurrent = opts.Concurrency
+	if opts.Backend == BackendPostgres {
+		env, err := newPostgresEnv(ctx, opts.PostgresDSN, opts.NATSURL)
+		if err != nil {
+			return res, err
+		}
+		defer env.Close()
+		if err := env.configure(ctx, &cfg, opts.Shards); err != nil {
+			return res, err
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return res, fmt.Errorf("bench config: %w", err)
+	}
+	a, err := app.Open(ctx, cfg, opts.Logger)
+	if err != nil {
+		return res, err
+	}
+	defer a.Close()
+	if err := a.Migrate(ctx); err != nil {
+		return res, err
+	}
+	for name, st := range a.Shards {
+		if err := st.(store.DemoSource).DemoSchemaCreate(ctx); err != nil {
+			return res, fmt.Errorf("demo schema on %s: %w", name, err)
+		}
+	}
+	billers, err := seedBillers(ctx, a.Catalog, opts.Billers, cfg, cisURL)
+	if err != nil {
+		return res, err
+	}
+	items, err := seedItems(ctx, a.Shards, billers, opts.Items)
+	if err != nil {
+		return res, err
+	}
+	if err := a.OpenBus(ctx); err != nil {
+		return res, err
+	}
+	runner, err := a.NewRunner(app.AllJobs, nil)
+	if err != nil {
+		return res, err
+	}
+	bar := newBar(opts.Progress, opts.Items, "pump: delivered to CIS")
+	start := time.Now()
+	if err := runner.Start(ctx); err != nil {
+		return res, err
+	}
+	defer runner.Stop()
+	if err := waitDelivered(ctx, bar, opts.Items, func() int { return mock.Stats().UniqueAccepted }); err != nil {
+		return res, fmt.Errorf("pump: %w (%d of %d delivered)", err, mock.Stats().UniqueAccepted, opts.Items)
+	}
+	elapsed := time.Since(start)
+	// Give a late duplicate the chance to show up.
+	select {
+	case <-ctx.Done():
+	case <-time.After(2 * cfg.Publisher.Interval):
+	}
+	runner.Stop()
+
+	stats := mock.Stats()
+	res.Delivered, res.Duplicates = stats.UniqueAccepted, stats.Duplicates
+	res.ElapsedS = elapsed.Seconds()
+	res.ItemsPerS = float64(res.Delivered) / elapsed.Seconds()
+	var e2e []time.Duration
+	for _, it := range items {
+		if at, ok := mock.AcceptedAt(pump.ItemMessageID(it.shard, it.key.ItemType, it.key.ItemID)); ok {
+			e2e = append(e2e, at.Sub(it.createdAt))
+		}
+	}
+	res.InsertToCIS = summarize(e2e)
+	var queued, processed []time.Duration
+	for name, st := range a.Shards {
+		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: opts.Items + 1})
+		if err != nil {
+			return res, fmt.Errorf("read control records of %s: %w", name, err)
+		}
+		for _, c := range cs {
+			if !c.SourceCreatedAt.IsZero() && !c.QueuedAt.IsZero() {
+				queued = append(queued, c.QueuedAt.Sub(c.SourceCreatedAt))
+			}
+			if !c.QueuedAt.IsZero() && !c.ProcessedAt.IsZero() {
+				processed = append(processed, c.ProcessedAt.Sub(c.QueuedAt))
+			}
+		}
+	}
+	res.CreatedToQueued, res.QueuedToProcessed = summarize(queued), summarize(processed)
+	return res, nil
+}
+
+// startMockCIS serves a mock CIS with no faults and no latency.
+func startMockCIS(logger *slog.Logger) (*mockcis.Server, string, func(), error) {
+	mock := mockcis.New(mockcis.Options{Logger: logger, MaxRecords: 1})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("mock cis: %w", err)
+	}
+	srv := &http.Server{Handler: mock, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck // closed by the returned func
+	return mock, "http://" + ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+// seedBillers writes n poll billers spread over the shards (the demo's
+// billers without the off ones).
+func seedBillers(ctx context.Context, cat catalog.Catalog, n int, cfg config.Config, cisURL string) ([]catalog.Biller, error) {
+	out := make([]catalog.Biller, 0, n)
+	for i := 1; i <= n; i++ {
+		b := catalog.Biller{
+			ID: fmt.Sprintf("b%04d", i), Name: fmt.Sprintf("Bench Biller %d", i),
+			Shard: cfg.Shards[(i-1)%len(cfg.Shards)].Name, Mode: catalog.ModePoll,
+			CutoverAt: time.Now().Add(-time.Hour).UTC(),
+			CIS:       catalog.CISEndpoint{BaseURL: cisURL, Auth: catalog.AuthNone},
+		}
+		if err := cat.BillerUpsert(ctx, b); err != nil {
+			return nil, fmt.Errorf("seed biller %s: %w", b.ID, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// seedItems writes n items round-robin over the billers, every third a
+// paperless registration, in batches through the store's DemoSource.
+func seedItems(ctx context.Context, shards map[string]store.Store, billers []catalog.Biller, n int) ([]seeded, error) {
+	const batch = 1000
+	out := make([]seeded, 0, n)
+	for done := 0; done < n; {
+		m := min(batch, n-done)
+		byShard := map[string][]store.DemoItem{}
+		now := time.Now().UTC()
+		for i := range m {
+			k := done + i
+			b := billers[k%len(billers)]
+			byShard[b.Shard] = append(byShard[b.Shard], demoItem(b.ID, k, now))
+		}
+		for _, shard := range sortedKeys(byShard) {
+			keys, err := shards[shard].(store.DemoSource).DemoItemsInsert(ctx, byShard[shard])
+			if err != nil {
+				return nil, fmt.Errorf("insert items on %s: %w", shard, err)
+			}
+			for _, k := range keys {
+				out = append(out, seeded{shard: shard, key: k, createdAt: now})
+			}
+		}
+		done += m
+	}
+	return out, nil
+}
+
+func demoItem(billerID string, k int, now time.Time) store.DemoItem {
+	typ := items.Payment
+	if k%3 == 2 {
+		typ = items.Paperless
+	}
+	return store.DemoItem{ItemType: typ, BillerID: billerID, AmountCents: int64(100 + k%100000), Email: fmt.Sprintf("customer%d@example.com", k), CreatedAt: now}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func newBar(w io.Writer, n int, desc string) *progressbar.ProgressBar {
+	if w == nil {
+		return nil
+	}
+	return progressbar.NewOptions(n,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("items"),
+		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
+// waitDelivered polls done() until it reaches n, updating the bar.
+func waitDelivered(ctx context.Context, bar *progressbar.ProgressBar, n int, done func() int) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d := done()
+		if bar != nil {
+			bar.Set(d) //nolint:errcheck // display only
+		}
+		if d >= n {
+			if bar != nil {
+				bar.Finish() //nolint:errcheck // display only
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func summarize(ds []time.Duration) Latency {
+	if len(ds) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(p float64) float64 {
+		return float64(s[int(p*float64(len(s)-1)+0.5)].Microseconds()) / 1000
+	}
+	return Latency{P50ms: at(0.50), P95ms: at(0.95), P99ms: at(0.99)}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/datapump/datapump/bench"
+	"github.com/datapump/datapump/internal/telemetry"
+)
+
+// quickItems and quickBillers size `datapump bench --quick`.
+const (
+	quickItems   = 2000
+	quickBillers = 20
+)
+
+func benchCmd(env *cliEnv) *cobra.Command {
+	opts := bench.DefaultOptions()
+	var quick, verbose bool
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the pump end to end against a mock CIS with no added latency",
+		Long: `bench loads work items across billers and shards, runs the publisher,
+the biller consumer and the item consumers in this process against a mock
+CIS with no added latency, and reports items per second, insert→CIS latency
+and per-stage latency, as a table and as a final JSON line.
+
+--backend embedded uses SQLite and an in-process NATS server; postgres uses
+fresh schemas on --pg-dsn and the NATS server at --nats-url (with a unique
+topic prefix), all removed afterwards.
+
+--quick runs the pump on PostgreSQL and River on the same PostgreSQL with a
+small number of items, and ends with the ratio as one JSON line.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Items <= 0 || opts.Billers <= 0 || opts.Shards <= 0 {
+				return badInput("--items, --billers and --shards must be positive")
+			}
+			if opts.Backend != bench.BackendEmbedded && opts.Backend != bench.BackendPostgres {
+				return badInput("--backend: want %s or %s", bench.BackendEmbedded, bench.BackendPostgres)
+			}
+			level := "error"
+			if verbose {
+				level = "info"
+			}
+			logger, err := telemetry.NewLogger(env.stderr, level, "text")
+			if err != nil {
+				return err
+			}
+			opts.Logger = logger
+			if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
+				opts.Progress = env.stderr
+			}
+			if quick {
+				if !cmd.Flags().Changed("items") {
+					opts.Items = quickItems
+				}
+				if !cmd.Flags().Changed("billers") {
+					opts.Billers = quickBillers
+				}
+				opts.Backend = bench.BackendPostgres
+			}
+			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
+				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
+			res, err := bench.RunPump(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			printPumpResult(env.stdout, res)
+			line, err := json.Marshal(res)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(env.stdout, string(line))
+			if res.Duplicates > 0 {
+				return fmt.Errorf("bench: the CIS saw %d duplicates", res.Duplicates)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&opts.Items, "items", opts.Items, "work items to load")
+	f.IntVar(&opts.Billers, "billers", opts.Billers, "billers (all in poll mode)")
+	f.IntVar(&opts.Shards, "shards", opts.Shards, "shard databases")
+	f.StringVar(&opts.Backend, "backend", opts.Backend, "embedded (SQLite + in-process NATS) or postgres (with external NATS)")
+	f.StringVar(&opts.PostgresDSN, "pg-dsn", opts.PostgresDSN, "PostgreSQL for the postgres backend and the anchors (fresh schemas, dropped afterwards)")
+	f.StringVar(&opts.NATSURL, "nats-url", opts.NATSURL, "NATS server for the postgres backend (unique topic prefix, streams deleted afterwards)")
+	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
+	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
+	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
+	return cmd
+}
+
+func printPumpResult(w io.Writer, r bench.PumpResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "pump (%s)\t\n", r.Backend)
+	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items, r.Duplicates)
+	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
+	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	fmt.Fprintf(tw, "  latency\tp50\tp95\tp99\n")
+	for _, row := range []struct {
+		name string
+		l    bench.Latency
+	}{{"insert→CIS", r.InsertToCIS}, {"created→Queued", r.CreatedToQueued}, {"Queued→Processed", r.QueuedToProcessed}} {
+		fmt.Fprintf(tw, "  %s\t%.1f ms\t%.1f ms\t%.1f ms\n", row.name, row.l.P50ms, row.l.P95ms, row.l.P99ms)
+	}
+	tw.Flush()
+}
