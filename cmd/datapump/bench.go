@@ -21,7 +21,7 @@ const (
 
 func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
-	var quick, verbose bool
+	var quick, withRiver, verbose bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -64,6 +64,7 @@ small number of items, and ends with the ratio as one JSON line.`,
 					opts.Billers = quickBillers
 				}
 				opts.Backend = bench.BackendPostgres
+				withRiver = true
 			}
 			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
 				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
@@ -80,7 +81,15 @@ small number of items, and ends with the ratio as one JSON line.`,
 			if res.Duplicates > 0 {
 				return fmt.Errorf("bench: the CIS saw %d duplicates", res.Duplicates)
 			}
-			return nil
+			if !withRiver {
+				return nil
+			}
+			rr, err := bench.RunRiver(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			printRiverResult(env.stdout, rr)
+			return printJSON(env.stdout, bench.RiverRatio{PumpItemsPerS: res.ItemsPerS, RiverJobsPerS: rr.JobsPerS, Ratio: ratio(res.ItemsPerS, rr.JobsPerS)})
 		},
 	}
 	f := cmd.Flags()
@@ -92,6 +101,7 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.StringVar(&opts.NATSURL, "nats-url", opts.NATSURL, "NATS server for the postgres backend (unique topic prefix, streams deleted afterwards)")
 	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
+	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -111,4 +121,30 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 		fmt.Fprintf(tw, "  %s\t%.1f ms\t%.1f ms\t%.1f ms\n", row.name, row.l.P50ms, row.l.P95ms, row.l.P99ms)
 	}
 	tw.Flush()
+}
+
+func printRiverResult(w io.Writer, r bench.RiverResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "river (postgres, %d workers)\t\n", r.Workers)
+	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Jobs, r.Duplicates)
+	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
+	fmt.Fprintf(tw, "  throughput\t%.0f jobs/s\n", r.JobsPerS)
+	fmt.Fprintf(tw, "  insert→CIS\tp50 %.1f ms\tp95 %.1f ms\tp99 %.1f ms\n", r.InsertToCIS.P50ms, r.InsertToCIS.P95ms, r.InsertToCIS.P99ms)
+	tw.Flush()
+}
+
+func printJSON(w io.Writer, v any) error {
+	line, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, string(line))
+	return nil
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }
