@@ -82,3 +82,14 @@ shards: [{name: s1, driver: sqlserver, dsn: "sqlserver://sa:Sup3rSecretPw@db.exa
 	require.NotEqual(t, exitOK, code)
 	require.NotContains(t, out+errOut, "Sup3rSecretPw")
 }
+
+func TestRunRefusesUnknownItemType(t *testing.T) {
+	t.Parallel()
+	cfg := writeConfig(t, `catalog: {driver: sqlite, dsn: DIR/c.db}
+shards: [{name: s1, driver: sqlite, dsn: DIR/s1.db}]
+log: {level: error}
+`)
+	code, _, errOut := runCLI(t, "run", "--config", cfg, "--jobs", "item-consumer", "--item-types", "payment,refund")
+	require.Equal(t, exitBadInput, code)
+	require.Contains(t, errOut, "refund")
+}

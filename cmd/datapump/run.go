@@ -13,6 +13,7 @@ import (
 
 func runCmd(env *cliEnv) *cobra.Command {
 	var jobs string
+	var itemTypes []string
 	var drain time.Duration
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -36,6 +37,13 @@ func runCmd(env *cliEnv) *cobra.Command {
 			if err := a.OpenBus(ctx); err != nil {
 				return err
 			}
+			if len(itemTypes) > 0 {
+				for _, t := range itemTypes {
+					if _, err := a.Items.Get(t); err != nil {
+						return usageError{fmt.Errorf("--item-types: %w", err)}
+					}
+				}
+			}
 			r, err := a.NewRunner(selected, nil)
 			if err != nil {
 				return err
@@ -44,6 +52,7 @@ func runCmd(env *cliEnv) *cobra.Command {
 			// ctx, which starts the drain below; a second one aborts.
 			jobsCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 			defer cancelJobs()
+			r.ItemTypes = itemTypes
 			if err := r.Start(jobsCtx); err != nil {
 				return err
 			}
@@ -62,6 +71,7 @@ func runCmd(env *cliEnv) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&jobs, "jobs", strings.Join(app.AllJobs, ","), "jobs to run: "+strings.Join(app.AllJobs, ", "))
+	cmd.Flags().StringSliceVar(&itemTypes, "item-types", nil, "item consumer: only these item types (default: all); one Deployment per type scales on its own subscription")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", 30*time.Second, "how long to let in-flight messages finish on shutdown")
 	return cmd
 }

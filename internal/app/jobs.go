@@ -50,6 +50,8 @@ func ParseJobs(s string) ([]string, error) {
 type Runner struct {
 	// AdminAddr is the admin server's address once started, if any.
 	AdminAddr string
+	// ItemTypes, when set before Start, limits the item consumers to these types.
+	ItemTypes []string
 
 	app       *App
 	jobs      []string
@@ -102,6 +104,9 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	if slices.Contains(r.jobs, JobItemConsumer) {
 		for _, t := range a.Items.Types() {
+			if len(r.ItemTypes) > 0 && !slices.Contains(r.ItemTypes, t.Name) {
+				continue
+			}
 			ic, err := pump.NewItemConsumer(deps, t, pump.ItemConsumerConfig{
 				Owner: cfg.Owner, Lease: cfg.ItemConsumer.Lease, MaxAttempts: cfg.ItemConsumer.MaxAttempts,
 				RetryInitial: cfg.ItemConsumer.RetryInitial, RetryMax: cfg.ItemConsumer.RetryMax, CatalogTTL: catalogTTL,
