@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -8,7 +9,8 @@ import (
 )
 
 // Metric names, kept in one place: the Grafana dashboard and the alerts
-// query exactly these (a test checks the dashboard against the registry).
+// query exactly these (TestDashboardQueriesOnlyExportedMetrics checks the
+// dashboard against the registry).
 const (
 	MetricItems               = "datapump_items_total"
 	MetricBacklog             = "datapump_backlog_items"
@@ -42,6 +44,8 @@ type Metrics struct {
 	PublisherLeader     prometheus.Gauge
 	Reconciled          *prometheus.CounterVec
 	PublisherRoundError prometheus.Counter
+
+	own []prometheus.Collector
 }
 
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900}
@@ -91,11 +95,41 @@ func NewMetrics() *Metrics {
 			Name: MetricPublisherRoundError, Help: "Publisher rounds that ended with an error.",
 		}),
 	}
-	r.MustRegister(m.Items, m.Backlog, m.OldestPendingAge, m.StageLatency, m.EndToEndLatency,
+	m.own = []prometheus.Collector{m.Items, m.Backlog, m.OldestPendingAge, m.StageLatency, m.EndToEndLatency,
 		m.CISRequests, m.CISLatency, m.CISBreakerState, m.DeadLettered, m.DuplicatesDropped,
-		m.PublisherLeader, m.Reconciled, m.PublisherRoundError,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.PublisherLeader, m.Reconciled, m.PublisherRoundError}
+	r.MustRegister(m.own...)
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Exported lists the series names the pump exports, histograms with their
+// _bucket, _sum and _count series.
+func (m *Metrics) Exported() map[string]bool {
+	out := map[string]bool{}
+	for _, c := range m.own {
+		ch := make(chan *prometheus.Desc, 4)
+		go func() { c.Describe(ch); close(ch) }()
+		_, isHistogram := c.(prometheus.ObserverVec)
+		if _, ok := c.(prometheus.Histogram); ok {
+			isHistogram = true
+		}
+		for d := range ch {
+			match := fqName.FindStringSubmatch(d.String())
+			if match == nil {
+				continue
+			}
+			out[match[1]] = true
+			if isHistogram {
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					out[match[1]+suffix] = true
+				}
+			}
+		}
+	}
+	return out
 }
 
 // ObserveSince records the time since start, skipping unknown starts.
