@@ -21,7 +21,7 @@ const (
 
 func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
-	var quick, withRiver, verbose bool
+	var quick, withRiver, withCeiling, verbose bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -81,6 +81,16 @@ small number of items, and ends with the ratio as one JSON line.`,
 			if res.Duplicates > 0 {
 				return fmt.Errorf("bench: the CIS saw %d duplicates", res.Duplicates)
 			}
+			if withCeiling {
+				cr, err := bench.RunCeiling(cmd.Context(), opts)
+				if err != nil {
+					return err
+				}
+				printCeilingResult(env.stdout, cr)
+				if err := printJSON(env.stdout, bench.CeilingRatio{PumpItemsPerS: res.ItemsPerS, CeilingItemsPerS: cr.ItemsPerS, Ratio: ratio(res.ItemsPerS, cr.ItemsPerS)}); err != nil {
+					return err
+				}
+			}
 			if !withRiver {
 				return nil
 			}
@@ -102,6 +112,7 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
+	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -147,4 +158,13 @@ func ratio(a, b float64) float64 {
 		return 0
 	}
 	return a / b
+}
+
+func printCeilingResult(w io.Writer, r bench.CeilingResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "raw SQL ceiling (postgres, claims of %d, %d workers)\t\n", r.ClaimSize, r.Workers)
+	fmt.Fprintf(tw, "  processed\t%d of %d\n", r.Processed, r.Items)
+	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
+	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	tw.Flush()
 }
