@@ -21,7 +21,8 @@ const (
 
 func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
-	var quick, withRiver, withCeiling, verbose bool
+	var quick, withRiver, withCeiling, polling, verbose bool
+	histories := []int{10000, 1000000}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -65,6 +66,15 @@ small number of items, and ends with the ratio as one JSON line.`,
 				}
 				opts.Backend = bench.BackendPostgres
 				withRiver = true
+			}
+			if polling {
+				fmt.Fprintf(env.stdout, "datapump bench --polling: %d billers, %d pending items each, history %v processed records\n", opts.Billers, bench.PollingPendingPerBiller, histories)
+				pr, err := bench.RunPolling(cmd.Context(), opts, histories)
+				if err != nil {
+					return err
+				}
+				printPollingResult(env.stdout, pr)
+				return printJSON(env.stdout, pr)
 			}
 			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
 				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
@@ -113,6 +123,8 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
 	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
+	f.BoolVar(&polling, "polling", false, "only time the pending scan and a biller claim with each --history size of processed records (PostgreSQL)")
+	f.IntSliceVar(&histories, "history", histories, "processed control records already in the shard, for --polling")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -166,5 +178,15 @@ func printCeilingResult(w io.Writer, r bench.CeilingResult) {
 	fmt.Fprintf(tw, "  processed\t%d of %d\n", r.Processed, r.Items)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	tw.Flush()
+}
+
+func printPollingResult(w io.Writer, r bench.PollingResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "history\tpending scan\tbiller claim\tseeding\n")
+	for _, p := range r.Points {
+		fmt.Fprintf(tw, "%d\t%.2f ms\t%.2f ms\t%.1f s\n", p.History, p.PendingCountMs, p.ClaimMs, p.SeedS)
+	}
+	fmt.Fprintf(tw, "largest/smallest\t%.2f×\t%.2f×\t\n", r.PendingCountRatio, r.ClaimRatio)
 	tw.Flush()
 }
