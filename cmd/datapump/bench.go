@@ -15,7 +15,7 @@ import (
 
 // quickItems and quickBillers size `datapump bench --quick`.
 const (
-	quickItems   = 2000
+	quickItems   = 5000
 	quickBillers = 20
 )
 
