@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,7 @@ func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
 	var quick, withRiver, withCeiling, polling, verbose bool
 	histories := []int{10000, 1000000}
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -78,7 +80,14 @@ small number of items, and ends with the ratio as one JSON line.`,
 			}
 			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
 				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
+			stopProfile, err := startCPUProfile(cpuProfile)
+			if err != nil {
+				return err
+			}
 			res, err := bench.RunPump(cmd.Context(), opts)
+			if perr := stopProfile(); perr != nil && err == nil {
+				err = perr
+			}
 			if err != nil {
 				return err
 			}
@@ -125,6 +134,7 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
 	f.BoolVar(&polling, "polling", false, "only time the pending scan and a biller claim with each --history size of processed records (PostgreSQL)")
 	f.IntSliceVar(&histories, "history", histories, "processed control records already in the shard, for --polling")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the pump run (not the anchors) to this file")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -189,4 +199,24 @@ func printPollingResult(w io.Writer, r bench.PollingResult) {
 	}
 	fmt.Fprintf(tw, "largest/smallest\t%.2f×\t%.2f×\t\n", r.PendingCountRatio, r.ClaimRatio)
 	tw.Flush()
+}
+
+// startCPUProfile profiles the process into path (nothing when empty) until
+// the returned func is called.
+func startCPUProfile(path string) (func() error, error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
