@@ -73,9 +73,12 @@ func TestDemoServesMetricsReadinessAndStatusPage(t *testing.T) {
 		if fams, err = scrape(base); err != nil {
 			return false
 		}
+		// The leader gauge is set when a publisher round ends, which can be
+		// after the first items are delivered.
 		return sampleValue(fams, telemetry.MetricItems, map[string]string{"stage": "item_consumer", "outcome": "delivered"}) > 0 &&
-			sumBy(fams, telemetry.MetricBacklog, "status", "Processed") > 0
-	}, time.Minute, 200*time.Millisecond, "no delivered items or backlog counts on /metrics")
+			sumBy(fams, telemetry.MetricBacklog, "status", "Processed") > 0 &&
+			sampleValue(fams, telemetry.MetricPublisherLeader, map[string]string{}) == 1
+	}, time.Minute, 200*time.Millisecond, "no delivered items, backlog counts or publisher leader on /metrics")
 	for _, id := range billers {
 		for _, status := range []string{"Pending", "Queued", "Processed", "Failed"} {
 			require.GreaterOrEqual(t, sampleValue(fams, telemetry.MetricBacklog, map[string]string{"biller": id, "status": status}), float64(0),
