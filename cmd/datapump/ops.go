@@ -187,7 +187,7 @@ func retryCmd(env *cliEnv) *cobra.Command {
 			if biller != "" {
 				if _, err := a.Catalog.BillerGet(ctx, biller); err != nil {
 					if errors.Is(err, catalog.ErrBillerNotFound) {
-						return usageError{fmt.Errorf("biller %q: %w", biller, err)}
+						return usageError{err}
 					}
 					return err
 				}

@@ -322,7 +322,7 @@ func TestOperatorCommands(t *testing.T) {
 			want string
 		}{
 			{[]string{"retry", "--biller", "nobody"}, "not found"},
-			{[]string{"retry", "--biller", "nobody", "--dry-run"}, `biller "nobody"`},
+			{[]string{"retry", "--biller", "nobody", "--dry-run"}, "biller nobody: biller not found"},
 			{[]string{"retry"}, "name what to retry"},
 			{[]string{"retry", "--item-type", "refund"}, "refund"},
 			{[]string{"retry", "--since", "yesterday"}, "--since"},

@@ -35,7 +35,7 @@ func TestAdminServerReportsProgressAndFailsReadinessWhenTheStoreStops(t *testing
 		r := h.start()
 		require.NotEmpty(t, r.AdminAddr, "the runner reports the admin server's bound address")
 		base := "http://" + r.AdminAddr
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 
 		code, body := httpGet(t, base+"/healthz")
 		require.Equal(t, http.StatusOK, code, body)

@@ -49,14 +49,14 @@ func TestModeSwitchPollDirectPollDeliversExactlyOnce(t *testing.T) {
 		polled := h.insert(bl, 60, nil)
 		all = append(all, polled...)
 		all = append(all, h.insert(other, 30, nil)...)
-		h.waitStatus(polled, store.StatusProcessed, time.Minute)
+		h.waitStatus(polled, store.StatusProcessed, 3*time.Minute)
 
 		setMode(catalog.ModeDirect)
 		direct := h.insert(bl, 60, nil)
 		announce(direct[:40]) // the last 20 publishes are "lost"
 		all = append(all, direct...)
 		all = append(all, h.insert(other, 30, nil)...)
-		h.waitStatus(direct, store.StatusProcessed, time.Minute)
+		h.waitStatus(direct, store.StatusProcessed, 3*time.Minute)
 		reconciled := testutil.ToFloat64(h.app.Metrics.Items.WithLabelValues(telemetry.StageReconcile, "published"))
 		require.GreaterOrEqual(t, reconciled, float64(20), "the unannounced items arrive through the reconcile sweep")
 

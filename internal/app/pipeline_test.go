@@ -152,7 +152,9 @@ func newHarness(t *testing.T, b backend, tune func(*config.Config)) *harness {
 	cfg.ItemConsumer.RetryInitial = 100 * time.Millisecond
 	cfg.ItemConsumer.RetryMax = 400 * time.Millisecond
 	cfg.ItemConsumer.MaxAttempts = 5
-	cfg.CIS.Timeout = time.Second
+	// Long enough that a loaded machine does not time out a request the
+	// mock CIS has accepted (a resend would count as a duplicate).
+	cfg.CIS.Timeout = 5 * time.Second
 	cfg.CIS.Retries = 1
 	cfg.CIS.BackoffInitial = 20 * time.Millisecond
 	cfg.CIS.BackoffMax = 50 * time.Millisecond
@@ -280,6 +282,12 @@ func (h *harness) requireExactlyOnce(ws []written) {
 func TestPipelineDeliversEveryItemExactlyOnce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		h := newHarness(t, b, nil)
+		// Thousands of items on PostgreSQL; fewer on SQLite, whose pure-Go
+		// driver is slow under the race detector.
+		perBiller := 250
+		if b.name == "sqlite+embedded-nats" {
+			perBiller = 120
+		}
 		var all, offItems []written
 		for i := range 12 {
 			shard := []string{"shard1", "shard2"}[i%2]
@@ -288,7 +296,7 @@ func TestPipelineDeliversEveryItemExactlyOnce(t *testing.T) {
 				mode = catalog.ModeOff
 			}
 			bl := h.biller(fmt.Sprintf("b%02d", i), shard, mode)
-			ws := h.insert(bl, 250, nil)
+			ws := h.insert(bl, perBiller, nil)
 			if mode == catalog.ModeOff {
 				offItems = append(offItems, ws...)
 			} else {
@@ -296,7 +304,7 @@ func TestPipelineDeliversEveryItemExactlyOnce(t *testing.T) {
 			}
 		}
 		h.start()
-		h.waitStatus(all, store.StatusProcessed, 2*time.Minute)
+		h.waitStatus(all, store.StatusProcessed, 5*time.Minute)
 		h.requireExactlyOnce(all)
 		for _, w := range offItems {
 			_, err := h.app.Shards[w.shard].ControlGet(context.Background(), w.key)
@@ -314,7 +322,7 @@ func TestPipelineLateAndDuplicateMessagesChangeNothing(t *testing.T) {
 		bl := h.biller("b1", "shard1", catalog.ModePoll)
 		ws := h.insert(bl, 50, nil)
 		h.start()
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 		before := h.mock.Stats().Requests
 		ctx := context.Background()
 		// Replay every item message under fresh MessageIDs (the broker's
@@ -338,7 +346,7 @@ func TestPipelineLateAndDuplicateMessagesChangeNothing(t *testing.T) {
 		// A marker item published after the replays: once it is processed,
 		// the consumers have gone past the replayed messages.
 		marker := h.insert(bl, 1, nil)
-		h.waitStatus(marker, store.StatusProcessed, time.Minute)
+		h.waitStatus(marker, store.StatusProcessed, 3*time.Minute)
 		time.Sleep(3 * h.cfg.Publisher.Interval)
 		require.Equal(t, before+1, h.mock.Stats().Requests, "replayed messages reached the CIS")
 		h.requireExactlyOnce(append(ws, marker...))
@@ -385,7 +393,7 @@ func TestPipelineRetriesTransientCISFailures(t *testing.T) {
 		}
 		h.mock.SetFaults(mockcis.Faults{FailFirst: failFirst})
 		h.start()
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 		h.requireExactlyOnce(ws)
 		for _, w := range ws[:10] {
 			c, err := h.app.Shards[w.shard].ControlGet(context.Background(), w.key)
@@ -405,8 +413,8 @@ func TestPipelineFailsRejectedAndBrokenItemsAlone(t *testing.T) {
 		broken := h.insert(good, 2, func(_ int, it *store.DemoItem) { it.SkipAccount = true })
 		rej := h.insert(rejected, 5, nil)
 		h.start()
-		h.waitStatus(okItems, store.StatusProcessed, time.Minute)
-		h.waitStatus(append(broken, rej...), store.StatusFailed, time.Minute)
+		h.waitStatus(okItems, store.StatusProcessed, 3*time.Minute)
+		h.waitStatus(append(broken, rej...), store.StatusFailed, 3*time.Minute)
 		ctx := context.Background()
 		for _, w := range broken {
 			c, err := h.app.Shards[w.shard].ControlGet(ctx, w.key)
@@ -438,7 +446,7 @@ func TestPipelineDeadLettersBadMessagesAndGoesOn(t *testing.T) {
 		_, err = h.app.Bus.Publish(ctx, items.BillerTopic, bus.Message{ID: "garbage-2", Body: []byte("{")})
 		require.NoError(t, err)
 		ws := h.insert(bl, 10, nil)
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 		dls := waitDeadLetters(t, h, items.PaymentTopic, pump.ItemSubscription, 2)
 		reasons := map[string]string{}
 		for _, d := range dls {

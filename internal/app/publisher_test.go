@@ -64,7 +64,7 @@ func TestRescuerRepublishesStuckItems(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, claimed, 30)
 		h.start()
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 		h.requireExactlyOnce(ws)
 	})
 }

@@ -28,7 +28,7 @@ func TestOneTraceFollowsAnItemThroughTheThreeJobs(t *testing.T) {
 		bl := h.biller("b1", "shard1", catalog.ModePoll)
 		ws := h.insert(bl, 1, nil)
 		h.start()
-		h.waitStatus(ws, store.StatusProcessed, time.Minute)
+		h.waitStatus(ws, store.StatusProcessed, 3*time.Minute)
 		id := ws[0].messageID()
 
 		// The item consumer ends its span after settling the message.

@@ -56,36 +56,36 @@ const (
 // CISEndpoint is where and how a biller's CIS API is called. Secrets are
 // never stored here: only the names of the environment variables that hold them.
 type CISEndpoint struct {
-	BaseURL string
-	Auth    AuthType
+	BaseURL string   `json:"base_url"`
+	Auth    AuthType `json:"auth"`
 	// APIKeyEnv names the environment variable holding the API key.
-	APIKeyEnv string
+	APIKeyEnv string `json:"api_key_env"`
 	// APIKeyHeader is the header the key is sent in (default "X-Api-Key").
-	APIKeyHeader string
+	APIKeyHeader string `json:"api_key_header"`
 	// OAuth2 client-credentials settings.
-	TokenURL        string
-	ClientID        string
-	ClientSecretEnv string
-	Scopes          []string
+	TokenURL        string   `json:"token_url"`
+	ClientID        string   `json:"client_id"`
+	ClientSecretEnv string   `json:"client_secret_env"`
+	Scopes          []string `json:"scopes"`
 	// Timeout per request; zero means the pump's default.
-	Timeout time.Duration
+	Timeout time.Duration `json:"timeout"`
 	// RatePerSecond limits requests to this biller; zero means the default.
-	RatePerSecond float64
+	RatePerSecond float64 `json:"rate_per_second"`
 	// MaxConcurrent caps in-flight requests to this biller; zero means the default.
-	MaxConcurrent int
+	MaxConcurrent int `json:"max_concurrent"`
 }
 
 // Biller is one biller of the catalog.
 type Biller struct {
-	ID    string
-	Name  string
-	Shard string
-	Mode  Mode
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Shard string `json:"shard"`
+	Mode  Mode   `json:"mode"`
 	// CutoverAt: items created before it belong to the old pump. Set when
 	// the biller is switched to poll or direct.
-	CutoverAt time.Time
-	CIS       CISEndpoint
-	UpdatedAt time.Time
+	CutoverAt time.Time   `json:"cutover_at"`
+	CIS       CISEndpoint `json:"cis"`
+	UpdatedAt time.Time   `json:"updated_at"`
 }
 
 // Validate checks the fields a biller must have.

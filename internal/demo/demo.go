@@ -185,7 +185,9 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	lines := &progressLines{w: opts.ProgressLines, every: 2 * time.Second, last: time.Now()}
 	seeded, err := insertItems(ctx, a, billers, opts, func() { updateBar(bar, mock) })
 	if err != nil {
-		return Summary{}, err
+		// Interrupted while writing: report what was written and delivered so far.
+		stop()
+		return summarize(context.Background(), a, mock, seeded, billers, opts, time.Since(start)), err
 	}
 	pollItems := 0
 	for _, it := range seeded {
@@ -322,7 +324,7 @@ func insertItems(ctx context.Context, a *app.App, billers []catalog.Biller, opts
 		for shard, its := range byShard {
 			keys, err := a.Shards[shard].(store.DemoSource).DemoItemsInsert(ctx, its)
 			if err != nil {
-				return nil, fmt.Errorf("insert demo items on %s: %w", shard, err)
+				return seeded, fmt.Errorf("insert demo items on %s: %w", shard, err)
 			}
 			for i, k := range keys {
 				b := byShardBiller[shard][i]
@@ -333,7 +335,7 @@ func insertItems(ctx context.Context, a *app.App, billers []catalog.Biller, opts
 		onBatch()
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return seeded, ctx.Err()
 		case <-tick.C:
 		}
 	}

@@ -63,8 +63,8 @@ var (
 
 // ItemKey identifies a work item within one shard.
 type ItemKey struct {
-	ItemType string
-	ItemID   int64
+	ItemType string `json:"item_type"`
+	ItemID   int64  `json:"item_id"`
 }
 
 // String renders the key as "itemType:itemID".
@@ -152,31 +152,31 @@ func BindEnrichQuery(q, placeholder string) string {
 // Control is one item's control record.
 type Control struct {
 	ItemKey
-	BillerID string
-	Status   Status
+	BillerID string `json:"biller"`
+	Status   Status `json:"status"`
 	// Version is the fencing token: it grows by one on every transition, and
 	// every later update of the row names the version it read.
-	Version  int64
-	Attempts int
+	Version  int64 `json:"version"`
+	Attempts int   `json:"attempts"`
 	// Owner is the worker that holds the current claim, if any.
-	Owner string
+	Owner string `json:"owner"`
 	// LeaseUntil is when a Processing claim expires (database clock).
-	LeaseUntil time.Time
+	LeaseUntil time.Time `json:"lease_until"`
 	// NextAttemptAt, when set, is the earliest time the item may be claimed
 	// again after a transient failure (backoff without head-of-line blocking).
-	NextAttemptAt time.Time
+	NextAttemptAt time.Time `json:"next_attempt_at"`
 	// Origin is "poll" or "direct": which path created the record.
-	Origin    string
-	LastError string
+	Origin    string `json:"origin"`
+	LastError string `json:"last_error"`
 	// SourceCreatedAt is the source row's created-at value, when known.
-	SourceCreatedAt time.Time
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
-	FetchedAt       time.Time
-	QueuedAt        time.Time
-	ProcessingAt    time.Time
-	ProcessedAt     time.Time
-	FailedAt        time.Time
+	SourceCreatedAt time.Time `json:"source_created_at"`
+	CreatedAt       time.Time `json:"created_at"`
+	UpdatedAt       time.Time `json:"updated_at"`
+	FetchedAt       time.Time `json:"fetched_at"`
+	QueuedAt        time.Time `json:"queued_at"`
+	ProcessingAt    time.Time `json:"processing_at"`
+	ProcessedAt     time.Time `json:"processed_at"`
+	FailedAt        time.Time `json:"failed_at"`
 }
 
 // BillerCutover names a biller and the cut-over watermark before which its
