@@ -454,7 +454,7 @@ func TestPipelineDeadLettersBadMessagesAndGoesOn(t *testing.T) {
 		}
 		require.Contains(t, reasons["garbage-1"], pump.ReasonInvalidMessage)
 		require.Contains(t, reasons["wrong-type-1"], pump.ReasonUnknownItemType)
-		require.Contains(t, reasons["wrong-type-1"], "refund")
+		require.Contains(t, reasons["wrong-type-1"], `itemType: unknown item type: "refund"`)
 		bdl := waitDeadLetters(t, h, items.BillerTopic, pump.BillerSubscription, 1)
 		require.Equal(t, pump.ReasonInvalidMessage, bdl[0].Reason)
 	})

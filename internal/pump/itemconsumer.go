@@ -74,9 +74,9 @@ func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		return
 	}
 	if m.ItemType != c.typ.Name {
-		reason := fmt.Errorf("item type %q on topic %s, which carries %q", m.ItemType, c.typ.Topic, c.typ.Name)
+		reason := fmt.Errorf("itemType: %q on topic %s, which carries %q", m.ItemType, c.typ.Topic, c.typ.Name)
 		if _, err := c.deps.Items.Get(m.ItemType); err != nil {
-			reason = err
+			reason = fmt.Errorf("itemType: %w", err)
 		}
 		deadLetter(ctx, c.deps, d, ReasonUnknownItemType, reason)
 		return
