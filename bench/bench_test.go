@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -23,4 +24,57 @@ func TestRunPumpEmbeddedDeliversEveryItemOnce(t *testing.T) {
 	require.Equal(t, bench.BackendEmbedded, res.Backend)
 	require.Positive(t, res.ItemsPerS)
 	require.Positive(t, res.InsertToCIS.P99ms)
+}
+
+func postgresOptions(t *testing.T) bench.Options {
+	t.Helper()
+	dsn := os.Getenv("DATAPUMP_TEST_POSTGRES_DSN")
+	if dsn == "" {
+		t.Skip("set DATAPUMP_TEST_POSTGRES_DSN to run")
+	}
+	opts := bench.DefaultOptions()
+	opts.PostgresDSN = dsn
+	opts.Items, opts.Billers, opts.Shards = 120, 4, 2
+	opts.Concurrency = 8
+	opts.Timeout = time.Minute
+	return opts
+}
+
+func TestRunPumpPostgresDeliversEveryItemOnce(t *testing.T) {
+	t.Parallel()
+	opts := postgresOptions(t)
+	opts.NATSURL = os.Getenv("DATAPUMP_TEST_NATS_URL")
+	if opts.NATSURL == "" {
+		t.Skip("set DATAPUMP_TEST_NATS_URL to run")
+	}
+	opts.Backend = bench.BackendPostgres
+	res, err := bench.RunPump(context.Background(), opts)
+	require.NoError(t, err)
+	require.Equal(t, 120, res.Delivered)
+	require.Zero(t, res.Duplicates)
+}
+
+func TestRunRiverDeliversEveryJobOnce(t *testing.T) {
+	t.Parallel()
+	res, err := bench.RunRiver(context.Background(), postgresOptions(t))
+	require.NoError(t, err)
+	require.Equal(t, 120, res.Delivered)
+	require.Zero(t, res.Duplicates)
+}
+
+func TestRunCeilingProcessesEveryItem(t *testing.T) {
+	t.Parallel()
+	res, err := bench.RunCeiling(context.Background(), postgresOptions(t))
+	require.NoError(t, err)
+	require.Equal(t, 120, res.Processed)
+}
+
+func TestRunPollingTimesEachHistory(t *testing.T) {
+	t.Parallel()
+	res, err := bench.RunPolling(context.Background(), postgresOptions(t), []int{100, 1000})
+	require.NoError(t, err)
+	require.Len(t, res.Points, 2)
+	require.Equal(t, 1000, res.Points[1].History)
+	require.Positive(t, res.ClaimRatio)
+	require.Positive(t, res.PendingCountRatio)
 }
