@@ -63,7 +63,7 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 	for i := range billers {
 		billers[i] = catalog.Biller{ID: fmt.Sprintf("b%04d", i+1), Shard: names[i%len(names)], Mode: catalog.ModePoll, CutoverAt: cutover}
 	}
-	if _, err := seedItems(ctx, shards, billers, opts.Items); err != nil {
+	if _, err := seedItems(ctx, shards, billers, opts.Items, 0); err != nil {
 		return res, err
 	}
 

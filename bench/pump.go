@@ -51,6 +51,10 @@ type Options struct {
 	// PostgresDSN and NATSURL are used by BackendPostgres and the anchors.
 	PostgresDSN string
 	NATSURL     string
+	// InsertRate, when positive, writes the pump's items at this many per
+	// second while the jobs run (latency at a steady rate) instead of all
+	// before they start (throughput of a backlog).
+	InsertRate int
 	// Concurrency is the item consumers' (and the anchors' workers') concurrency.
 	Concurrency int
 	// Timeout bounds each measured run.
@@ -102,12 +106,15 @@ type Latency struct {
 
 // PumpResult is what one pump run measured.
 type PumpResult struct {
-	Backend    string  `json:"backend"`
-	Items      int     `json:"items"`
-	Billers    int     `json:"billers"`
-	Shards     int     `json:"shards"`
-	Delivered  int     `json:"delivered"`
-	Duplicates int     `json:"duplicates"`
+	Backend    string `json:"backend"`
+	Items      int    `json:"items"`
+	Billers    int    `json:"billers"`
+	Shards     int    `json:"shards"`
+	Delivered  int    `json:"delivered"`
+	Duplicates int    `json:"duplicates"`
+	// InsertRate is the steady insert rate, or 0 when every item was
+	// written before the jobs started.
+	InsertRate int     `json:"insert_rate"`
 	ElapsedS   float64 `json:"elapsed_s"`
 	ItemsPerS  float64 `json:"items_per_s"`
 	// InsertToCIS is from the source row's created-at to the CIS accepting it.
@@ -133,7 +140,7 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	if err := opts.normalize(); err != nil {
 		return PumpResult{}, err
 	}
-	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards}
+	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards, InsertRate: opts.InsertRate}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
@@ -182,9 +189,11 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	if err != nil {
 		return res, err
 	}
-	items, err := seedItems(ctx, a.Shards, billers, opts.Items)
-	if err != nil {
-		return res, err
+	var items []seeded
+	if opts.InsertRate <= 0 {
+		if items, err = seedItems(ctx, a.Shards, billers, opts.Items, 0); err != nil {
+			return res, err
+		}
 	}
 	if err := a.OpenBus(ctx); err != nil {
 		return res, err
@@ -199,6 +208,11 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		return res, err
 	}
 	defer runner.Stop()
+	if opts.InsertRate > 0 {
+		if items, err = seedItems(ctx, a.Shards, billers, opts.Items, opts.InsertRate); err != nil {
+			return res, err
+		}
+	}
 	if err := waitDelivered(ctx, bar, opts.Items, func() int { return mock.Stats().UniqueAccepted }); err != nil {
 		return res, fmt.Errorf("pump: %w (%d of %d delivered)", err, mock.Stats().UniqueAccepted, opts.Items)
 	}
@@ -272,11 +286,28 @@ func seedBillers(ctx context.Context, cat catalog.Catalog, n int, cfg config.Con
 }
 
 // seedItems writes n items round-robin over the billers, every third a
-// paperless registration, in batches through the store's DemoSource.
-func seedItems(ctx context.Context, shards map[string]store.Store, billers []catalog.Biller, n int) ([]seeded, error) {
-	const batch = 1000
+// paperless registration, in batches through the store's DemoSource: as
+// fast as it can when rate is 0, else rate items per second in 20 batches
+// a second (as the demo's simulated applications do).
+func seedItems(ctx context.Context, shards map[string]store.Store, billers []catalog.Biller, n, rate int) ([]seeded, error) {
+	const batchesPerSecond = 20
+	batch := 1000
+	var tick <-chan time.Time
+	if rate > 0 {
+		batch = max(1, rate/batchesPerSecond)
+		t := time.NewTicker(time.Second / batchesPerSecond)
+		defer t.Stop()
+		tick = t.C
+	}
 	out := make([]seeded, 0, n)
 	for done := 0; done < n; {
+		if tick != nil && done > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-tick:
+			}
+		}
 		m := min(batch, n-done)
 		byShard := map[string][]store.DemoItem{}
 		now := time.Now().UTC()

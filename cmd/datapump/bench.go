@@ -128,6 +128,7 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.StringVar(&opts.Backend, "backend", opts.Backend, "embedded (SQLite + in-process NATS) or postgres (with external NATS)")
 	f.StringVar(&opts.PostgresDSN, "pg-dsn", opts.PostgresDSN, "PostgreSQL for the postgres backend and the anchors (fresh schemas, dropped afterwards)")
 	f.StringVar(&opts.NATSURL, "nats-url", opts.NATSURL, "NATS server for the postgres backend (unique topic prefix, streams deleted afterwards)")
+	f.IntVar(&opts.InsertRate, "insert-rate", 0, "write the pump's items at this many per second while the jobs run (0: all before they start)")
 	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
@@ -142,7 +143,11 @@ small number of items, and ends with the ratio as one JSON line.`,
 
 func printPumpResult(w io.Writer, r bench.PumpResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "pump (%s)\t\n", r.Backend)
+	if r.InsertRate > 0 {
+		fmt.Fprintf(tw, "pump (%s, inserting %d items/s)\t\n", r.Backend, r.InsertRate)
+	} else {
+		fmt.Fprintf(tw, "pump (%s, all items written first)\t\n", r.Backend)
+	}
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items, r.Duplicates)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
