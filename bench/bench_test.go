@@ -78,3 +78,17 @@ func TestRunPollingTimesEachHistory(t *testing.T) {
 	require.Positive(t, res.ClaimRatio)
 	require.Positive(t, res.PendingCountRatio)
 }
+
+func TestRunPumpWithBigBillerDeliversEveryItemOnce(t *testing.T) {
+	t.Parallel()
+	opts := bench.DefaultOptions()
+	opts.Items, opts.Billers, opts.Shards = 60, 6, 2
+	opts.BigBillerItems = 90
+	opts.Concurrency = 8
+	opts.Timeout = time.Minute
+	res, err := bench.RunPump(context.Background(), opts)
+	require.NoError(t, err)
+	require.Equal(t, 150, res.Delivered)
+	require.Zero(t, res.Duplicates)
+	require.Positive(t, res.SmallBillersInsertToCIS.P99ms)
+}

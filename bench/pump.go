@@ -55,6 +55,9 @@ type Options struct {
 	// second while the jobs run (latency at a steady rate) instead of all
 	// before they start (throughput of a backlog).
 	InsertRate int
+	// BigBillerItems, when positive, adds one more biller with this many
+	// items, written before the others' (the fairness case).
+	BigBillerItems int
 	// Concurrency is the item consumers' (and the anchors' workers') concurrency.
 	Concurrency int
 	// Timeout bounds each measured run.
@@ -119,6 +122,11 @@ type PumpResult struct {
 	ItemsPerS  float64 `json:"items_per_s"`
 	// InsertToCIS is from the source row's created-at to the CIS accepting it.
 	InsertToCIS Latency `json:"insert_to_cis"`
+	// SmallBillersInsertToCIS is InsertToCIS of the items of every biller
+	// but the big one (all items when there is no big biller).
+	SmallBillersInsertToCIS Latency `json:"small_billers_insert_to_cis"`
+	// BigBillerItems is how many items the big biller had (0: none).
+	BigBillerItems int `json:"big_biller_items"`
 	// CreatedToQueued is from the source row's created-at to the control
 	// record's queued_at.
 	CreatedToQueued Latency `json:"created_to_queued"`
@@ -128,6 +136,7 @@ type PumpResult struct {
 
 type seeded struct {
 	shard     string
+	billerID  string
 	key       store.ItemKey
 	createdAt time.Time
 }
@@ -140,7 +149,8 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	if err := opts.normalize(); err != nil {
 		return PumpResult{}, err
 	}
-	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards, InsertRate: opts.InsertRate}
+	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards, InsertRate: opts.InsertRate, BigBillerItems: opts.BigBillerItems}
+	total := opts.Items + max(0, opts.BigBillerItems)
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
@@ -185,9 +195,22 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 			return res, fmt.Errorf("demo schema on %s: %w", name, err)
 		}
 	}
-	billers, err := seedBillers(ctx, a.Catalog, opts.Billers, cfg, cisURL)
+	nBillers := opts.Billers
+	if opts.BigBillerItems > 0 {
+		nBillers++
+	}
+	billers, err := seedBillers(ctx, a.Catalog, nBillers, cfg, cisURL)
 	if err != nil {
 		return res, err
+	}
+	var big []seeded
+	bigID := ""
+	if opts.BigBillerItems > 0 {
+		bigID = billers[len(billers)-1].ID
+		if big, err = seedItems(ctx, a.Shards, billers[len(billers)-1:], opts.BigBillerItems, 0); err != nil {
+			return res, err
+		}
+		billers = billers[:len(billers)-1]
 	}
 	var items []seeded
 	if opts.InsertRate <= 0 {
@@ -202,7 +225,7 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	if err != nil {
 		return res, err
 	}
-	bar := newBar(opts.Progress, opts.Items, "pump: delivered to CIS")
+	bar := newBar(opts.Progress, total, "pump: delivered to CIS")
 	start := time.Now()
 	if err := runner.Start(ctx); err != nil {
 		return res, err
@@ -213,8 +236,9 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 			return res, err
 		}
 	}
-	if err := waitDelivered(ctx, bar, opts.Items, func() int { return mock.Stats().UniqueAccepted }); err != nil {
-		return res, fmt.Errorf("pump: %w (%d of %d delivered)", err, mock.Stats().UniqueAccepted, opts.Items)
+	items = append(big, items...)
+	if err := waitDelivered(ctx, bar, total, func() int { return mock.Stats().UniqueAccepted }); err != nil {
+		return res, fmt.Errorf("pump: %w (%d of %d delivered)", err, mock.Stats().UniqueAccepted, total)
 	}
 	elapsed := time.Since(start)
 	// Give a late duplicate the chance to show up.
@@ -228,16 +252,19 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	res.Delivered, res.Duplicates = stats.UniqueAccepted, stats.Duplicates
 	res.ElapsedS = elapsed.Seconds()
 	res.ItemsPerS = float64(res.Delivered) / elapsed.Seconds()
-	var e2e []time.Duration
+	var e2e, small []time.Duration
 	for _, it := range items {
 		if at, ok := mock.AcceptedAt(pump.ItemMessageID(it.shard, it.key.ItemType, it.key.ItemID)); ok {
 			e2e = append(e2e, at.Sub(it.createdAt))
+			if it.billerID != bigID {
+				small = append(small, at.Sub(it.createdAt))
+			}
 		}
 	}
-	res.InsertToCIS = summarize(e2e)
+	res.InsertToCIS, res.SmallBillersInsertToCIS = summarize(e2e), summarize(small)
 	var queued, processed []time.Duration
 	for name, st := range a.Shards {
-		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: opts.Items + 1})
+		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: total + 1})
 		if err != nil {
 			return res, fmt.Errorf("read control records of %s: %w", name, err)
 		}
@@ -321,8 +348,8 @@ func seedItems(ctx context.Context, shards map[string]store.Store, billers []cat
 			if err != nil {
 				return nil, fmt.Errorf("insert items on %s: %w", shard, err)
 			}
-			for _, k := range keys {
-				out = append(out, seeded{shard: shard, key: k, createdAt: now})
+			for i, k := range keys {
+				out = append(out, seeded{shard: shard, billerID: byShard[shard][i].BillerID, key: k, createdAt: now})
 			}
 		}
 		done += m
@@ -395,4 +422,13 @@ func summarize(ds []time.Duration) Latency {
 		return float64(s[int(p*float64(len(s)-1)+0.5)].Microseconds()) / 1000
 	}
 	return Latency{P50ms: at(0.50), P95ms: at(0.95), P99ms: at(0.99)}
+}
+
+// FairnessRatio compares the small billers' p99 insert→CIS latency with and
+// without a big biller.
+type FairnessRatio struct {
+	SmallP99Alone   float64 `json:"small_p99_ms_alone"`
+	SmallP99WithBig float64 `json:"small_p99_ms_with_big"`
+	Ratio           float64 `json:"fairness_ratio"`
+	Duplicates      int     `json:"duplicates"`
 }

@@ -25,6 +25,8 @@ func benchCmd(env *cliEnv) *cobra.Command {
 	var quick, withRiver, withCeiling, polling, verbose bool
 	histories := []int{10000, 1000000}
 	var cpuProfile string
+	var fairness bool
+	bigItems := 50000
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -68,6 +70,15 @@ small number of items, and ends with the ratio as one JSON line.`,
 				}
 				opts.Backend = bench.BackendPostgres
 				withRiver = true
+			}
+			if fairness {
+				if !cmd.Flags().Changed("items") {
+					opts.Items = 5000
+				}
+				if !cmd.Flags().Changed("billers") {
+					opts.Billers = 50
+				}
+				return runFairness(cmd, env.stdout, opts, bigItems)
 			}
 			if polling {
 				fmt.Fprintf(env.stdout, "datapump bench --polling: %d billers, %d pending items each, history %v processed records\n", opts.Billers, bench.PollingPendingPerBiller, histories)
@@ -136,6 +147,8 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.BoolVar(&polling, "polling", false, "only time the pending scan and a biller claim with each --history size of processed records (PostgreSQL)")
 	f.IntSliceVar(&histories, "history", histories, "processed control records already in the shard, for --polling")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the pump run (not the anchors) to this file")
+	f.BoolVar(&fairness, "fairness", false, "only compare the small billers' p99 with and without one big biller (--items over --billers, default 5000 over 50)")
+	f.IntVar(&bigItems, "big-items", bigItems, "the big biller's items, for --fairness")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -148,10 +161,14 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 	} else {
 		fmt.Fprintf(tw, "pump (%s, all items written first)\t\n", r.Backend)
 	}
-	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items, r.Duplicates)
+	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
 	fmt.Fprintf(tw, "  latency\tp50\tp95\tp99\n")
+	if r.BigBillerItems > 0 {
+		l := r.SmallBillersInsertToCIS
+		fmt.Fprintf(tw, "  insert→CIS, small billers\t%.1f ms\t%.1f ms\t%.1f ms\n", l.P50ms, l.P95ms, l.P99ms)
+	}
 	for _, row := range []struct {
 		name string
 		l    bench.Latency
@@ -224,4 +241,26 @@ func startCPUProfile(path string) (func() error, error) {
 		pprof.StopCPUProfile()
 		return f.Close()
 	}, nil
+}
+
+// runFairness runs the pump twice, without and then with one big biller,
+// and ends with the small billers' p99 in both as JSON.
+func runFairness(cmd *cobra.Command, w io.Writer, opts bench.Options, bigItems int) error {
+	if bigItems <= 0 {
+		return badInput("--big-items must be positive")
+	}
+	fmt.Fprintf(w, "datapump bench --fairness: %d items over %d billers, then again with one more biller holding %d items, backend %s\n", opts.Items, opts.Billers, bigItems, opts.Backend)
+	alone, err := bench.RunPump(cmd.Context(), opts)
+	if err != nil {
+		return err
+	}
+	printPumpResult(w, alone)
+	opts.BigBillerItems = bigItems
+	withBig, err := bench.RunPump(cmd.Context(), opts)
+	if err != nil {
+		return err
+	}
+	printPumpResult(w, withBig)
+	a, b := alone.SmallBillersInsertToCIS.P99ms, withBig.SmallBillersInsertToCIS.P99ms
+	return printJSON(w, bench.FairnessRatio{SmallP99Alone: a, SmallP99WithBig: b, Ratio: ratio(b, a), Duplicates: alone.Duplicates + withBig.Duplicates})
 }
