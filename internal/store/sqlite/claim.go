@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // billersJSON encodes billers and their cut-overs as a JSON array of
@@ -297,28 +298,12 @@ func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]a
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
+	row, found, err := sqlrows.FirstRowMap(rows, nil)
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
-	}
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("enrich %s: %w", key, err)
-		}
+	case !found:
 		return nil, fmt.Errorf("enrich %s: %w", key, store.ErrRelatedMissing)
 	}
-	vals := make([]any, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := rows.Scan(ptrs...); err != nil {
-		return nil, fmt.Errorf("enrich %s: %w", key, err)
-	}
-	out := make(map[string]any, len(cols))
-	for i, c := range cols {
-		out[c] = vals[i]
-	}
-	return out, nil
+	return row, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // defaultLimit bounds list queries whose Limit is zero.
@@ -324,21 +325,7 @@ func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, 
 	if err != nil {
 		return nil, fmt.Errorf("count control records: %w", err)
 	}
-	defer rows.Close()
-	var out []store.StatusCount
-	for rows.Next() {
-		var c store.StatusCount
-		var status string
-		if err := rows.Scan(&c.BillerID, &status, &c.Count); err != nil {
-			return nil, fmt.Errorf("count control records: %w", err)
-		}
-		c.Status = store.Status(status)
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count control records: %w", err)
-	}
-	return out, nil
+	return sqlrows.StatusCounts(rows)
 }
 
 // txNow reads the database clock in unix milliseconds inside tx.

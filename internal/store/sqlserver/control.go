@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // defaultLimit is the limit of ControlList, ControlListStuck,
@@ -677,21 +678,7 @@ func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, 
 	if err != nil {
 		return nil, fmt.Errorf("count control records: %w", err)
 	}
-	defer rows.Close()
-	var out []store.StatusCount
-	for rows.Next() {
-		var c store.StatusCount
-		var st string
-		if err := rows.Scan(&c.BillerID, &st, &c.Count); err != nil {
-			return nil, fmt.Errorf("count control records: %w", err)
-		}
-		c.Status = store.Status(st)
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count control records: %w", err)
-	}
-	return out, nil
+	return sqlrows.StatusCounts(rows)
 }
 
 // retryFilter is the WHERE clause (alias c) choosing the Failed records a

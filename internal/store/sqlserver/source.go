@@ -12,6 +12,7 @@ import (
 	mssql "github.com/microsoft/go-mssqldb"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // ItemEnrich runs the item type's enrichment query for one item, with :id
@@ -27,30 +28,16 @@ func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]a
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	defer rows.Close()
-	types, err := rows.ColumnTypes()
-	if err != nil {
+	row, found, err := sqlrows.FirstRowMap(rows, func(col *sql.ColumnType, v any) any {
+		return plainValue(col.DatabaseTypeName(), v)
+	})
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
-	}
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("enrich %s: %w", key, err)
-		}
+	case !found:
 		return nil, fmt.Errorf("enrich %s: %w", key, store.ErrRelatedMissing)
 	}
-	vals := make([]any, len(types))
-	ptrs := make([]any, len(types))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := rows.Scan(ptrs...); err != nil {
-		return nil, fmt.Errorf("enrich %s: %w", key, err)
-	}
-	out := make(map[string]any, len(types))
-	for i, t := range types {
-		out[t.Name()] = plainValue(t.DatabaseTypeName(), vals[i])
-	}
-	return out, nil
+	return row, nil
 }
 
 // plainValue turns the driver's values into plain Go values a mapping

@@ -1,0 +1,60 @@
+// Package sqlrows reads result sets the way every database/sql store
+// adapter needs them (SQLite, SQL Server): one row as a map by column name,
+// and control-record counts per biller and status.
+package sqlrows
+
+import (
+	"database/sql"
+	"fmt"
+
+	"github.com/datapump/datapump/internal/store"
+)
+
+// FirstRowMap reads the first row of rows by column name, converting each
+// value with convert (nil keeps the driver's value), and closes rows. found
+// is false when the result is empty.
+func FirstRowMap(rows *sql.Rows, convert func(col *sql.ColumnType, v any) any) (row map[string]any, found bool, err error) {
+	defer rows.Close()
+	types, err := rows.ColumnTypes()
+	if err != nil {
+		return nil, false, err
+	}
+	if !rows.Next() {
+		return nil, false, rows.Err()
+	}
+	vals := make([]any, len(types))
+	ptrs := make([]any, len(types))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, false, err
+	}
+	out := make(map[string]any, len(types))
+	for i, t := range types {
+		if convert != nil {
+			vals[i] = convert(t, vals[i])
+		}
+		out[t.Name()] = vals[i]
+	}
+	return out, true, nil
+}
+
+// StatusCounts reads (biller_id, status, count) rows and closes rows.
+func StatusCounts(rows *sql.Rows) ([]store.StatusCount, error) {
+	defer rows.Close()
+	var out []store.StatusCount
+	for rows.Next() {
+		var c store.StatusCount
+		var status string
+		if err := rows.Scan(&c.BillerID, &status, &c.Count); err != nil {
+			return nil, fmt.Errorf("count control records: %w", err)
+		}
+		c.Status = store.Status(status)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count control records: %w", err)
+	}
+	return out, nil
+}
