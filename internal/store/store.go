@@ -189,8 +189,28 @@ type BillerCutover struct {
 // PendingCountParams asks for the number of pending items of each biller.
 // An item is pending when it has no control record, or its record is New,
 // and it was created at or after its biller's cut-over.
+//
+// The scan of each biller and item type starts at its low watermark, or at
+// the cut-over when that is later, so its cost follows what is pending and
+// recent, not the history. The low watermark is a created-at below which
+// every source row of that biller and item type (at or after the cut-over
+// the watermark was computed under) has a control record that is not New.
+// A biller whose cut-over moved earlier than that is scanned from its
+// cut-over.
 type PendingCountParams struct {
 	Billers []BillerCutover
+	// Full scans from each biller's cut-over, ignoring the watermarks: the
+	// periodic full sweep that finds rows which committed later than
+	// WatermarkLag after their created-at.
+	Full bool
+	// WatermarkLag, when positive, also moves each scanned (biller, item
+	// type) watermark, in the same statement, to its oldest pending item's
+	// created-at or to WatermarkLag before the database clock, whichever is
+	// earlier. The lag is the safety margin for rows that commit after
+	// later-created rows (long source transactions, clock skew between the
+	// applications and the database); a row that commits later than that
+	// is found by the next Full scan. Zero leaves the watermarks as they are.
+	WatermarkLag time.Duration
 }
 
 // BillerPending is one row of a pending count.
@@ -205,11 +225,19 @@ type BillerPending struct {
 // in one transaction: control records are inserted as Fetched, or moved
 // New → Fetched. Items are taken oldest source created-at first, then by
 // item type and id, across item types.
+//
+// The claim considers items created at or after the latest of the cut-over,
+// the biller's watermarks (see PendingCountParams) and From.
 type ControlClaimPendingParams struct {
 	BillerID  string
 	CutoverAt time.Time
-	Limit     int
-	Owner     string
+	// From, when set, is where the claim starts: the oldest pending
+	// created-at the publisher saw (a row committed later below it is seen
+	// by the next scan), or the last claimed created-at of the previous
+	// claim for the same announcement.
+	From  time.Time
+	Limit int
+	Owner string
 }
 
 // Claimed is an item the caller now holds, with the version to fence later
@@ -340,10 +368,13 @@ type ControlRetryParams struct {
 
 // PendingListParams asks for pending items old enough to have been
 // announced. A zero Limit means the adapter's default.
+//
+// Like PendingCount, the scan starts at each biller's watermark unless Full.
 type PendingListParams struct {
 	Billers   []BillerCutover
 	OlderThan time.Duration
 	Limit     int
+	Full      bool
 }
 
 // StatusCount is a count of control records of one biller in one status.

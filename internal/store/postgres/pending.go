@@ -36,16 +36,29 @@ func billerArrays(in []store.BillerCutover) ([]string, []time.Time) {
 	return billers, cutovers
 }
 
+// watermarkJoin joins each biller of the CTE b to its watermark for the
+// item type in parameter typeParam, unless parameter fullParam is true or
+// the watermark was computed under a later cut-over than the biller's now.
+func watermarkJoin(typeParam, fullParam int) string {
+	return fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = $%d
+				AND w.cutover_at <= b.cutover_at AND NOT $%d::boolean`, typeParam, fullParam)
+}
+
 // PendingCount counts pending items per biller and finds the oldest one's
 // created-at, with one grouped query over every item type: billers and
-// their cut-overs are passed as arrays and joined to each source table's
-// (biller, created-at) range. Billers without pending items are left out.
+// their cut-overs are passed as arrays, and each (biller, item type) reads
+// its source rows' (biller, created-at) range from its watermark or cut-over.
+// With a WatermarkLag the same statement moves the scanned watermarks.
+// Billers without pending items are left out.
 func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
 	if len(p.Billers) == 0 || len(s.order) == 0 {
 		return nil, nil
 	}
+	if p.WatermarkLag < 0 {
+		return nil, fmt.Errorf("count pending: watermark_lag: %s must not be negative", p.WatermarkLag)
+	}
 	billers, cutovers := billerArrays(p.Billers)
-	args := []any{billers, cutovers}
+	args := []any{billers, cutovers, p.Full, micros(p.WatermarkLag)}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
 		src := s.sources[itemType]
@@ -57,15 +70,29 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 			filter = src.typeFilter("s", len(args))
 		}
 		parts = append(parts, fmt.Sprintf(`
-			SELECT b.biller_id, count(*) AS n, min(s.%s::timestamptz) AS oldest
-			FROM b JOIN %s s ON s.%s = b.biller_id AND s.%s >= b.cutover_at%s
-			WHERE %s
-			GROUP BY b.biller_id`,
-			src.createdAt, src.table, src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam)))
+			SELECT b.biller_id, b.cutover_at, $%[1]d::text AS item_type, p.n, p.oldest
+			FROM b
+			%[2]s
+			CROSS JOIN LATERAL (
+				SELECT count(*) AS n, min(s.%[3]s::timestamptz) AS oldest
+				FROM %[4]s s
+				WHERE s.%[5]s = b.biller_id AND s.%[3]s >= greatest(b.cutover_at, w.low_created_at)%[6]s AND %[7]s
+			) p`,
+			typeParam, watermarkJoin(typeParam, 3), src.createdAt, src.table, src.biller, filter, pendingCondition(src, "s", typeParam)))
 	}
-	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at))
-		SELECT biller_id, sum(n)::bigint, min(oldest) FROM (` + strings.Join(parts, " UNION ALL ") + `) per_type
-		GROUP BY biller_id ORDER BY biller_id`
+	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at)),
+		per_type AS (` + strings.Join(parts, " UNION ALL ") + `),
+		advance AS (
+			INSERT INTO datapump_watermark (biller_id, item_type, cutover_at, low_created_at, updated_at)
+			SELECT biller_id, item_type, cutover_at,
+				least(coalesce(oldest, 'infinity'), now() - $4 * interval '1 microsecond'), now()
+			FROM per_type
+			WHERE $4 > 0
+			ON CONFLICT (biller_id, item_type) DO UPDATE
+			SET cutover_at = excluded.cutover_at, low_created_at = excluded.low_created_at, updated_at = excluded.updated_at
+		)
+		SELECT biller_id, sum(n)::bigint, min(oldest) FROM per_type
+		GROUP BY biller_id HAVING sum(n) > 0 ORDER BY biller_id`
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("count pending: %w", err)
@@ -107,7 +134,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 		n = pendingListLimit
 	}
 	billers, cutovers := billerArrays(p.Billers)
-	args := []any{billers, cutovers, micros(p.OlderThan), n}
+	args := []any{billers, cutovers, micros(p.OlderThan), n, p.Full}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
 		src := s.sources[itemType]
@@ -120,11 +147,15 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 		}
 		parts = append(parts, fmt.Sprintf(`(
 			SELECT $%d::text AS item_type, s.%s::bigint AS item_id, s.%s::text AS biller_id, s.%s::timestamptz AS created_at
-			FROM b JOIN %s s ON s.%s = b.biller_id AND s.%s >= b.cutover_at AND s.%s <= now() - $3 * interval '1 microsecond'%s
+			FROM b
+			%s
+			JOIN %s s ON s.%s = b.biller_id AND s.%s >= greatest(b.cutover_at, w.low_created_at)
+				AND s.%s <= now() - $3 * interval '1 microsecond'%s
 			WHERE %s
 			ORDER BY s.%s, s.%s
 			LIMIT $4)`,
 			typeParam, src.key, src.biller, src.createdAt,
+			watermarkJoin(typeParam, 5),
 			src.table, src.biller, src.createdAt, src.createdAt, filter,
 			pendingCondition(src, "s", typeParam),
 			src.createdAt, src.key))
@@ -159,7 +190,8 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 const claimRounds = 5
 
 // ControlClaimPending claims up to Limit pending items of one biller, oldest
-// created first (ties: item type, then key), in one statement: it picks the
+// created first (ties: item type, then key), from the latest of its cut-over,
+// its watermark and From, in one statement: it picks the
 // candidates, moves New records to Fetched (locking them with SKIP LOCKED)
 // and inserts Fetched records for the rest (ON CONFLICT DO NOTHING, in
 // candidate order, so concurrent claimers wait on each other in one order
@@ -182,7 +214,7 @@ func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPen
 }
 
 func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []any) {
-	args := []any{p.BillerID, p.CutoverAt, p.Limit, p.Owner}
+	args := []any{p.BillerID, p.CutoverAt, p.Limit, p.Owner, nullTime(p.From)}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
 		src := s.sources[itemType]
@@ -196,12 +228,14 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 		parts = append(parts, fmt.Sprintf(`(
 			SELECT $%d::text AS item_type, s.%s::bigint AS item_id, s.%s::text AS biller_id, s.%s::timestamptz AS created_at
 			FROM %s s
-			WHERE s.%s = $1 AND s.%s >= $2%s AND %s
+			WHERE s.%s = $1 AND s.%s >= greatest($2::timestamptz, $5::timestamptz,
+				(SELECT w.low_created_at FROM datapump_watermark w WHERE w.biller_id = $1 AND w.item_type = $%d AND w.cutover_at <= $2))%s
+			  AND %s
 			ORDER BY s.%s, s.%s
 			LIMIT $3)`,
 			typeParam, src.key, src.biller, src.createdAt,
 			src.table,
-			src.biller, src.createdAt, filter, pendingCondition(src, "s", typeParam),
+			src.biller, src.createdAt, typeParam, filter, pendingCondition(src, "s", typeParam),
 			src.createdAt, src.key))
 	}
 	q := `
