@@ -315,6 +315,21 @@ type ItemClaim struct {
 	RetryAt time.Time
 }
 
+// ItemClaimResult is one item's result of ControlClaimBatch: the claim, or
+// the error that concerns this item alone (its source row is not visible
+// yet, its item type is unknown, …).
+type ItemClaimResult struct {
+	ItemClaim
+	Err error
+}
+
+// EnrichResult is one item's result of ItemEnrichBatch: its enrichment row
+// by column name, or the error ItemEnrich would return for it.
+type EnrichResult struct {
+	Row map[string]any
+	Err error
+}
+
 // ControlFinishParams ends a Processing claim: Processed, or Failed with an error.
 type ControlFinishParams struct {
 	Fenced
@@ -404,12 +419,19 @@ type Store interface {
 	ControlMarkQueued(ctx context.Context, items []Fenced) (int, error)
 	// ControlClaimItem claims one item for processing (see ControlClaimItemParams).
 	ControlClaimItem(ctx context.Context, p ControlClaimItemParams) (ItemClaim, error)
+	// ControlClaimBatch claims several items at once, each exactly as
+	// ControlClaimItem would; one result per params, in order.
+	ControlClaimBatch(ctx context.Context, ps []ControlClaimItemParams) ([]ItemClaimResult, error)
 	// ControlExtendLease pushes the lease of a Processing record forward;
 	// false means the caller no longer holds it.
 	ControlExtendLease(ctx context.Context, f Fenced, lease time.Duration) (bool, error)
 	// ControlFinish ends a claim; false means the caller no longer held it
 	// (its lease was taken over) and nothing changed.
 	ControlFinish(ctx context.Context, p ControlFinishParams) (bool, error)
+	// ControlFinishBatch ends several claims at once, each exactly as
+	// ControlFinish would; ok[i] is ControlFinish's result for ps[i]. An
+	// invalid status in any of them fails the call and changes nothing.
+	ControlFinishBatch(ctx context.Context, ps []ControlFinishParams) (ok []bool, err error)
 	// ControlRelease returns a claim for a later retry; false as for ControlFinish.
 	ControlRelease(ctx context.Context, p ControlReleaseParams) (bool, error)
 	// ControlSkip marks a not-yet-processing record Skipped (its biller was
@@ -443,6 +465,9 @@ type Store interface {
 	// ItemEnrich runs the item type's enrichment query for one item and
 	// returns its columns by name; ErrRelatedMissing if it finds no row.
 	ItemEnrich(ctx context.Context, key ItemKey) (map[string]any, error)
+	// ItemEnrichBatch enriches several items at once; one result per key,
+	// in order, each what ItemEnrich returns for it.
+	ItemEnrichBatch(ctx context.Context, keys []ItemKey) ([]EnrichResult, error)
 	// ItemSource reads the biller and created-at of one source row;
 	// ErrNotFound if the row does not exist.
 	ItemSource(ctx context.Context, key ItemKey) (SourceRow, error)

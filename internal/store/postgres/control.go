@@ -182,9 +182,7 @@ func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParam
 				attempts = CASE WHEN status = 'Processing' THEN attempts + 1 ELSE attempts END,
 				lease_until = now() + $4 * interval '1 microsecond', next_attempt_at = NULL,
 				processing_at = now(), updated_at = now()
-			WHERE item_type = $1 AND item_id = $2
-			  AND ((status IN ('Queued', 'Fetched') AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-			    OR (status = 'Processing' AND lease_until <= now()))
+			WHERE item_type = $1 AND item_id = $2 AND `+claimableCondition("datapump_control")+`
 			RETURNING `+controlColumns+`
 		)
 		SELECT true, now(), `+controlColumns+` FROM upd
@@ -219,7 +217,15 @@ func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParam
 	if acquired {
 		return store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, true, nil
 	}
-	claim := store.ItemClaim{Control: c}
+	claim, settled := classifyClaim(c, now)
+	return claim, settled, nil
+}
+
+// classifyClaim says why a record the claim did not take was not
+// claimable at now; settled is false when it looks claimable (it changed
+// while the claim ran).
+func classifyClaim(c store.Control, now time.Time) (claim store.ItemClaim, settled bool) {
+	claim = store.ItemClaim{Control: c}
 	switch {
 	case c.Status == store.StatusNew:
 		claim.Outcome = store.ClaimAbsent
@@ -230,9 +236,16 @@ func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParam
 	case (c.Status == store.StatusQueued || c.Status == store.StatusFetched) && c.NextAttemptAt.After(now):
 		claim.Outcome, claim.RetryAt = store.ClaimNotYet, c.NextAttemptAt
 	default:
-		return store.ItemClaim{}, false, nil
+		return store.ItemClaim{}, false
 	}
-	return claim, true, nil
+	return claim, true
+}
+
+// claimableCondition is when a record (alias a) can be claimed for
+// processing: Queued or Fetched and due, or Processing with an expired lease.
+func claimableCondition(a string) string {
+	return `((` + a + `.status IN ('Queued', 'Fetched') AND (` + a + `.next_attempt_at IS NULL OR ` + a + `.next_attempt_at <= now()))
+			    OR (` + a + `.status = 'Processing' AND ` + a + `.lease_until <= now()))`
 }
 
 // claimInsert inserts a Processing record for an item nobody fetched (a
@@ -524,4 +537,154 @@ func (s *Store) ControlRetry(ctx context.Context, p store.ControlRetryParams) ([
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil
+}
+
+// ControlClaimBatch claims several items for processing with one
+// statement for the records that exist and are claimable, in key order so
+// overlapping batches cannot deadlock. An item the statement could not
+// settle — no record yet (a direct item to insert), or a record that
+// changed while the statement ran — goes through ControlClaimItem.
+func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimItemParams) ([]store.ItemClaimResult, error) {
+	out := make([]store.ItemClaimResult, len(ps))
+	if len(ps) == 0 {
+		return out, nil
+	}
+	var (
+		types, owners []string
+		ids, leases   []int64
+		index         []int // statement position → ps position
+	)
+	for i, p := range ps {
+		if _, err := s.source(p.Key.ItemType); err != nil {
+			out[i].Err = fmt.Errorf("claim item %s: %w", p.Key, err)
+			continue
+		}
+		if p.Lease <= 0 {
+			out[i].Err = fmt.Errorf("claim item %s: lease: %s must be positive", p.Key, p.Lease)
+			continue
+		}
+		types, ids, owners, leases = append(types, p.Key.ItemType), append(ids, p.Key.ItemID), append(owners, p.Owner), append(leases, micros(p.Lease))
+		index = append(index, i)
+	}
+	settled := make([]bool, len(ps))
+	if len(index) == 0 {
+		return out, nil
+	}
+	// An item named twice is claimed for its first mention; the later one
+	// reads the record as it was and goes through ControlClaimItem.
+	rows, err := s.pool.Query(ctx, `
+		WITH k AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) WITH ORDINALITY AS k(item_type, item_id, owner, lease, ord)
+		), first AS (
+			SELECT DISTINCT ON (item_type, item_id) * FROM k ORDER BY item_type, item_id, ord
+		), pick AS (
+			SELECT c.item_type, c.item_id
+			FROM datapump_control c JOIN first k ON c.item_type = k.item_type AND c.item_id = k.item_id
+			WHERE `+claimableCondition("c")+`
+			ORDER BY c.item_type, c.item_id
+			FOR UPDATE OF c
+		), upd AS (
+			UPDATE datapump_control c
+			SET status = 'Processing', version = c.version + 1, owner = k.owner,
+				attempts = CASE WHEN c.status = 'Processing' THEN c.attempts + 1 ELSE c.attempts END,
+				lease_until = now() + k.lease * interval '1 microsecond', next_attempt_at = NULL,
+				processing_at = now(), updated_at = now()
+			FROM pick JOIN first k ON k.item_type = pick.item_type AND k.item_id = pick.item_id
+			WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id AND `+claimableCondition("c")+`
+			RETURNING k.ord, `+prefixed("c")+`
+		)
+		SELECT upd.ord, true, now(), `+prefixed("upd")+` FROM upd
+		UNION ALL
+		SELECT k.ord, false, now(), `+prefixed("c")+`
+		FROM k JOIN datapump_control c ON c.item_type = k.item_type AND c.item_id = k.item_id
+		WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.ord = k.ord)`,
+		types, ids, owners, leases)
+	if err != nil {
+		return nil, fmt.Errorf("claim items: %w", err)
+	}
+	for rows.Next() {
+		var (
+			ord      int
+			acquired bool
+			now      time.Time
+			c        store.Control
+		)
+		targets, done := controlTargets(&c)
+		if err := rows.Scan(append([]any{&ord, &acquired, &now}, targets...)...); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("claim items: %w", err)
+		}
+		done()
+		i := index[ord-1]
+		if acquired {
+			out[i].ItemClaim, settled[i] = store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, true
+			continue
+		}
+		out[i].ItemClaim, settled[i] = classifyClaim(c, now)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim items: %w", err)
+	}
+	for i, p := range ps {
+		if out[i].Err != nil || settled[i] {
+			continue
+		}
+		out[i].ItemClaim, out[i].Err = s.ControlClaimItem(ctx, p)
+	}
+	return out, nil
+}
+
+// ControlFinishBatch ends several Processing claims with one statement,
+// locking the records in key order; ok[i] is false when ps[i] no longer
+// held its claim.
+func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
+	ok := make([]bool, len(ps))
+	if len(ps) == 0 {
+		return ok, nil
+	}
+	types := make([]string, len(ps))
+	ids := make([]int64, len(ps))
+	versions := make([]int64, len(ps))
+	statuses := make([]string, len(ps))
+	errs := make([]string, len(ps))
+	for i, p := range ps {
+		if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
+			return nil, fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+		}
+		types[i], ids[i], versions[i], statuses[i], errs[i] = p.ItemType, p.ItemID, p.Version, string(p.Status), p.Error
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH named AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS f(item_type, item_id, version, status, error, ord)
+		), f AS (
+			-- A claim named twice is finished by its first mention, as one call after the other would.
+			SELECT DISTINCT ON (item_type, item_id, version) * FROM named ORDER BY item_type, item_id, version, ord
+		), pick AS (
+			SELECT c.item_type, c.item_id
+			FROM datapump_control c JOIN f ON c.item_type = f.item_type AND c.item_id = f.item_id AND c.version = f.version
+			WHERE c.status = 'Processing'
+			ORDER BY c.item_type, c.item_id
+			FOR UPDATE OF c
+		)
+		UPDATE datapump_control c
+		SET status = f.status, version = c.version + 1, lease_until = NULL, updated_at = now(),
+			last_error = CASE WHEN f.error <> '' THEN f.error ELSE c.last_error END,
+			processed_at = CASE WHEN f.status = 'Processed' THEN now() END,
+			failed_at = CASE WHEN f.status = 'Failed' THEN now() END
+		FROM pick JOIN f ON f.item_type = pick.item_type AND f.item_id = pick.item_id
+		WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id AND c.version = f.version AND c.status = 'Processing'
+		RETURNING f.ord`,
+		types, ids, versions, statuses, errs)
+	if err != nil {
+		return nil, fmt.Errorf("finish items: %w", err)
+	}
+	ords, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("finish items: %w", err)
+	}
+	for _, o := range ords {
+		ok[o-1] = true
+	}
+	return ok, nil
 }

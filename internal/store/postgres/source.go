@@ -23,6 +23,12 @@ func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]a
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
+	return enrichRow(rows, key)
+}
+
+// enrichRow reads the first row of an enrichment query's result by column
+// name and closes rows; store.ErrRelatedMissing when there is none.
+func enrichRow(rows pgx.Rows, key store.ItemKey) (map[string]any, error) {
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
@@ -99,4 +105,37 @@ func (s *Store) itemSource(ctx context.Context, src source, key store.ItemKey) (
 	}
 	row.CreatedAt = utc(created)
 	return row, nil
+}
+
+// ItemEnrichBatch runs every item's enrichment query in one round trip (a
+// pipelined batch of the same statements ItemEnrich runs).
+func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
+	out := make([]store.EnrichResult, len(keys))
+	batch := &pgx.Batch{}
+	queued := make([]int, 0, len(keys))
+	for i, key := range keys {
+		src, err := s.source(key.ItemType)
+		if err != nil {
+			out[i].Err = fmt.Errorf("enrich %s: %w", key, err)
+			continue
+		}
+		batch.Queue(src.enrich, key.ItemID)
+		queued = append(queued, i)
+	}
+	if len(queued) == 0 {
+		return out, nil
+	}
+	results := s.pool.SendBatch(ctx, batch)
+	for _, i := range queued {
+		rows, err := results.Query()
+		if err != nil {
+			results.Close()
+			return nil, fmt.Errorf("enrich %s: %w", keys[i], err)
+		}
+		out[i].Row, out[i].Err = enrichRow(rows, keys[i])
+	}
+	if err := results.Close(); err != nil {
+		return nil, fmt.Errorf("enrich items: %w", err)
+	}
+	return out, nil
 }
