@@ -80,6 +80,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		p, err := pump.NewPublisher(deps, pump.PublisherConfig{
 			Owner: cfg.Owner, Interval: cfg.Publisher.Interval, LeaseTTL: cfg.Publisher.LeaseTTL,
 			StuckAfter: cfg.Publisher.StuckAfter, RescueBatch: cfg.Publisher.RescueBatch, ReconcileAfter: cfg.Publisher.ReconcileAfter,
+			WatermarkLag: cfg.Publisher.WatermarkLag, FullSweepEvery: cfg.Publisher.FullSweepEvery,
 		})
 		if err != nil {
 			return err
@@ -110,6 +111,7 @@ func (r *Runner) Start(ctx context.Context) error {
 			ic, err := pump.NewItemConsumer(deps, t, pump.ItemConsumerConfig{
 				Owner: cfg.Owner, Lease: cfg.ItemConsumer.Lease, MaxAttempts: cfg.ItemConsumer.MaxAttempts,
 				RetryInitial: cfg.ItemConsumer.RetryInitial, RetryMax: cfg.ItemConsumer.RetryMax, CatalogTTL: catalogTTL,
+				Batch: cfg.ItemConsumer.Batch,
 			})
 			if err != nil {
 				return err

@@ -138,6 +138,13 @@ type PublisherConfig struct {
 	// ReconcileAfter is how long a direct biller's source has to announce
 	// an item before the reconcile sweep publishes it.
 	ReconcileAfter time.Duration `koanf:"reconcile_after"`
+	// WatermarkLag is how far behind the database clock the pending scan's
+	// watermarks stay: longer than the longest source transaction plus the
+	// clock skew between the applications and the database.
+	WatermarkLag time.Duration `koanf:"watermark_lag"`
+	// FullSweepEvery is how often a round scans every biller from its
+	// cut-over, for rows that committed later than WatermarkLag.
+	FullSweepEvery time.Duration `koanf:"full_sweep_every"`
 }
 
 // BillerConsumerConfig tunes the biller consumer (scaling point 1).
@@ -156,6 +163,9 @@ type ItemConsumerConfig struct {
 	MaxAttempts  int           `koanf:"max_attempts"`
 	RetryInitial time.Duration `koanf:"retry_initial"`
 	RetryMax     time.Duration `koanf:"retry_max"`
+	// Batch bounds how many items' claims, enrichment reads or finishes go
+	// to a shard in one statement.
+	Batch int `koanf:"batch"`
 }
 
 // CISConfig are the defaults of the CIS client; billers may override some.
@@ -215,9 +225,10 @@ func Default() Config {
 			LockDuration:    30 * time.Second,
 			MaxDeliveries:   20,
 		},
-		Publisher:      PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500, ReconcileAfter: time.Minute},
+		Publisher:      PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500, ReconcileAfter: time.Minute,
+			WatermarkLag: 5 * time.Minute, FullSweepEvery: time.Hour},
 		BillerConsumer: BillerConsumerConfig{Concurrency: 4, Batch: 200, MaxItemsPerMessage: 2000, TimeBudget: 20 * time.Second, RetryDelay: 5 * time.Second},
-		ItemConsumer:   ItemConsumerConfig{Concurrency: 32, Lease: 2 * time.Minute, MaxAttempts: 8, RetryInitial: 2 * time.Second, RetryMax: 5 * time.Minute},
+		ItemConsumer:   ItemConsumerConfig{Concurrency: 32, Lease: 2 * time.Minute, MaxAttempts: 8, RetryInitial: 2 * time.Second, RetryMax: 5 * time.Minute, Batch: 100},
 		CIS: CISConfig{
 			Timeout: 10 * time.Second, Retries: 2, BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
 			MaxConcurrent: 16, BreakerFailures: 20, BreakerOpenFor: 30 * time.Second,
@@ -412,6 +423,10 @@ func (c Config) Validate() error {
 	positive("publisher.interval", c.Publisher.Interval)
 	positive("publisher.stuck_after", c.Publisher.StuckAfter)
 	positive("publisher.reconcile_after", c.Publisher.ReconcileAfter)
+	positive("publisher.watermark_lag", c.Publisher.WatermarkLag)
+	if c.Publisher.FullSweepEvery < c.Publisher.Interval {
+		add("publisher.full_sweep_every", "must be at least publisher.interval (%s)", c.Publisher.Interval)
+	}
 	positive("biller_consumer.time_budget", c.BillerConsumer.TimeBudget)
 	positive("biller_consumer.retry_delay", c.BillerConsumer.RetryDelay)
 	positive("item_consumer.lease", c.ItemConsumer.Lease)
@@ -438,6 +453,9 @@ func (c Config) Validate() error {
 	}
 	if c.ItemConsumer.Concurrency <= 0 {
 		add("item_consumer.concurrency", "must be positive")
+	}
+	if c.ItemConsumer.Batch <= 0 {
+		add("item_consumer.batch", "must be positive")
 	}
 	if c.ItemConsumer.MaxAttempts <= 0 {
 		add("item_consumer.max_attempts", "must be positive")

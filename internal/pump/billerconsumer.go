@@ -75,7 +75,11 @@ func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		deadLetter(ctx, c.deps, d, ReasonUnknownShard, err)
 		return
 	}
-	moved, err := c.drain(ctx, d, b, st)
+	var from time.Time
+	if m.OldestPendingAt != nil {
+		from = *m.OldestPendingAt
+	}
+	moved, err := c.drain(ctx, d, b, st, from)
 	if err != nil {
 		log.Warn("biller batch failed; claimed items stay Fetched for the rescuer", "error", err, "moved", moved)
 		abandon(ctx, c.deps, d, c.cfg.RetryDelay)
@@ -86,8 +90,10 @@ func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 }
 
 // drain claims and publishes batches until nothing is pending, the per
-// message bound is reached, or the time budget is spent.
-func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.Biller, st store.Store) (int, error) {
+// message bound is reached, or the time budget is spent. Claims start at
+// from (the oldest pending item the publisher saw), then where the last
+// claim ended: a row committed late below that is found by the next round.
+func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.Biller, st store.Store, from time.Time) (int, error) {
 	deadline := c.deps.Now().Add(c.cfg.TimeBudget)
 	moved := 0
 	for moved < c.cfg.MaxItemsPerMessage && c.deps.Now().Before(deadline) {
@@ -96,7 +102,7 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 		}
 		limit := min(c.cfg.Batch, c.cfg.MaxItemsPerMessage-moved)
 		claimed, err := st.ControlClaimPending(ctx, store.ControlClaimPendingParams{
-			BillerID: b.ID, CutoverAt: b.CutoverAt, Limit: limit, Owner: c.cfg.Owner,
+			BillerID: b.ID, CutoverAt: b.CutoverAt, From: from, Limit: limit, Owner: c.cfg.Owner,
 		})
 		if err != nil {
 			return moved, fmt.Errorf("claim pending items: %w", err)
@@ -104,6 +110,7 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 		if len(claimed) == 0 {
 			return moved, nil
 		}
+		from = claimed[len(claimed)-1].SourceCreatedAt
 		if err := c.publish(ctx, b, claimed); err != nil {
 			return moved, err
 		}

@@ -36,6 +36,9 @@ type ItemConsumerConfig struct {
 	RetryMax     time.Duration
 	// CatalogTTL is how long a biller read from the catalog is trusted.
 	CatalogTTL time.Duration
+	// Batch bounds how many items' claims, enrichment reads or finishes
+	// go to a shard in one statement (see coalescer).
+	Batch int
 }
 
 // ItemConsumer delivers items of one item type to the billers' CIS.
@@ -44,6 +47,24 @@ type ItemConsumer struct {
 	cfg     ItemConsumerConfig
 	typ     items.Type
 	billers *billerCache
+	// batches holds each shard's coalescers: the handlers' claims,
+	// enrichment reads and finishes go to the database together.
+	batches map[string]*shardBatches
+}
+
+// shardBatches coalesces the per-item statements of one shard.
+type shardBatches struct {
+	claim  *coalescer[store.ControlClaimItemParams, store.ItemClaimResult]
+	enrich *coalescer[store.ItemKey, store.EnrichResult]
+	finish *coalescer[store.ControlFinishParams, bool]
+}
+
+func newShardBatches(st store.Store, limit int) *shardBatches {
+	return &shardBatches{
+		claim:  newCoalescer(limit, st.ControlClaimBatch),
+		enrich: newCoalescer(limit, st.ItemEnrichBatch),
+		finish: newCoalescer(limit, st.ControlFinishBatch),
+	}
 }
 
 // NewItemConsumer returns the consumer for one item type.
@@ -54,10 +75,14 @@ func NewItemConsumer(deps *Deps, typ items.Type, cfg ItemConsumerConfig) (*ItemC
 	if deps.CIS == nil {
 		return nil, errors.New("pump: item consumer needs a CIS client")
 	}
-	if cfg.Owner == "" || cfg.Lease <= 0 || cfg.MaxAttempts <= 0 || cfg.RetryInitial <= 0 || cfg.RetryMax < cfg.RetryInitial {
+	if cfg.Owner == "" || cfg.Lease <= 0 || cfg.MaxAttempts <= 0 || cfg.RetryInitial <= 0 || cfg.RetryMax < cfg.RetryInitial || cfg.Batch <= 0 {
 		return nil, fmt.Errorf("pump: invalid item consumer config %+v", cfg)
 	}
-	return &ItemConsumer{deps: deps, cfg: cfg, typ: typ, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now)}, nil
+	batches := make(map[string]*shardBatches, len(deps.Shards))
+	for name, st := range deps.Shards {
+		batches[name] = newShardBatches(st, cfg.Batch)
+	}
+	return &ItemConsumer{deps: deps, cfg: cfg, typ: typ, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now), batches: batches}, nil
 }
 
 // Topic is the topic this consumer subscribes to.
@@ -109,10 +134,13 @@ func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		return
 	}
 
-	claim, err := st.ControlClaimItem(ctx, store.ControlClaimItemParams{
+	claim, err := c.batches[m.Shard].claim.do(ctx, store.ControlClaimItemParams{
 		Key: ref.ItemKey, BillerID: ref.BillerID, Owner: c.cfg.Owner, Lease: c.cfg.Lease,
 		InsertIfAbsent: true, Origin: claimOrigin(m.Origin),
 	})
+	if err == nil {
+		err = claim.Err
+	}
 	if err != nil {
 		// Includes a direct message whose source row is not visible yet:
 		// wait; once it commits the item is found either way.
@@ -150,6 +178,7 @@ func claimOrigin(messageOrigin string) string {
 // version, so a worker whose lease was taken over changes nothing.
 func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef, b catalog.Biller, ctl store.Control) {
 	st := c.deps.Shards[ref.Shard]
+	batches := c.batches[ref.Shard]
 	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
 	fence := store.Fenced{ItemKey: ref.ItemKey, Version: ctl.Version}
 
@@ -178,7 +207,7 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 	defer cancelSettle()
 	switch {
 	case err == nil:
-		ok, ferr := st.ControlFinish(settleCtx, store.ControlFinishParams{Fenced: fence, Status: store.StatusProcessed})
+		ok, ferr := batches.finish.do(settleCtx, store.ControlFinishParams{Fenced: fence, Status: store.StatusProcessed})
 		if ferr != nil {
 			// The CIS has the item; leave the message so a redelivery retries
 			// the update (the CIS sees the same Idempotency-Key again).
@@ -214,8 +243,7 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 // fail marks the item Failed and dead-letters its message; it reports
 // whether the item is now Failed by this worker's hand.
 func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, fence store.Fenced, cause error) bool {
-	st := c.deps.Shards[ref.Shard]
-	ok, err := st.ControlFinish(ctx, store.ControlFinishParams{Fenced: fence, Status: store.StatusFailed, Error: cause.Error()})
+	ok, err := c.batches[ref.Shard].finish.do(ctx, store.ControlFinishParams{Fenced: fence, Status: store.StatusFailed, Error: cause.Error()})
 	if err != nil {
 		c.deps.Logger.Error("mark failed", "item", ref.ItemKey.String(), "error", err)
 		abandon(ctx, c.deps, d, c.cfg.RetryInitial)
@@ -272,8 +300,11 @@ func isPermanent(err error) bool {
 
 // deliver enriches the item, maps it and sends it to the biller's CIS.
 func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Biller) error {
-	st := c.deps.Shards[ref.Shard]
-	row, err := st.ItemEnrich(ctx, ref.ItemKey)
+	enriched, err := c.batches[ref.Shard].enrich.do(ctx, ref.ItemKey)
+	if err == nil {
+		err = enriched.Err
+	}
+	row := enriched.Row
 	if err != nil {
 		if errors.Is(err, store.ErrRelatedMissing) || errors.Is(err, store.ErrNotFound) {
 			return permanentError{fmt.Errorf("enrich %s: %w", ref.ItemKey, err)}

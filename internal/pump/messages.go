@@ -43,6 +43,9 @@ type BillerMessage struct {
 	Shard         string    `json:"shard"`
 	Pending       int64     `json:"pending"`
 	PublishedAt   time.Time `json:"publishedAt"`
+	// OldestPendingAt is the created-at of the oldest pending item the
+	// publisher counted: where the biller consumer's claim starts.
+	OldestPendingAt *time.Time `json:"oldestPendingAt,omitempty"`
 }
 
 // ItemMessage announces one work item (topic of its item type).

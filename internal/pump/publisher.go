@@ -35,6 +35,12 @@ type PublisherConfig struct {
 	// ReconcileAfter is the grace a direct biller's source has to announce
 	// an item; older unannounced items are published by the reconcile sweep.
 	ReconcileAfter time.Duration
+	// WatermarkLag is the safety margin the pending scan's watermarks keep
+	// behind the database clock (see store.PendingCountParams).
+	WatermarkLag time.Duration
+	// FullSweepEvery is how often a round scans from the cut-overs instead
+	// of the watermarks; the first round a replica leads is always one.
+	FullSweepEvery time.Duration
 }
 
 // Publisher announces billers with pending items and rescues stuck items.
@@ -42,6 +48,9 @@ type Publisher struct {
 	deps *Deps
 	cfg  PublisherConfig
 	loop service.Loop
+	// lastFullSweep is when this replica's last full sweep ended (zero:
+	// never). Only the loop's goroutine touches it.
+	lastFullSweep time.Time
 }
 
 // NewPublisher checks its dependencies and returns a publisher.
@@ -52,7 +61,8 @@ func NewPublisher(deps *Deps, cfg PublisherConfig) (*Publisher, error) {
 	if deps.Leaser == nil {
 		return nil, errors.New("pump: publisher needs a leaser")
 	}
-	if cfg.Owner == "" || cfg.Interval <= 0 || cfg.LeaseTTL <= cfg.Interval || cfg.StuckAfter <= 0 || cfg.RescueBatch <= 0 || cfg.ReconcileAfter <= 0 {
+	if cfg.Owner == "" || cfg.Interval <= 0 || cfg.LeaseTTL <= cfg.Interval || cfg.StuckAfter <= 0 || cfg.RescueBatch <= 0 || cfg.ReconcileAfter <= 0 ||
+		cfg.WatermarkLag <= 0 || cfg.FullSweepEvery <= 0 {
 		return nil, fmt.Errorf("pump: invalid publisher config %+v", cfg)
 	}
 	return &Publisher{deps: deps, cfg: cfg}, nil
@@ -90,7 +100,9 @@ func (p *Publisher) release() {
 
 // RoundResult says what one round did.
 type RoundResult struct {
-	Leader            bool
+	Leader bool
+	// FullSweep says the round scanned from the cut-overs.
+	FullSweep         bool
 	BillersAnnounced  int
 	DuplicatesDropped int
 	Rescued           int
@@ -121,25 +133,35 @@ func (p *Publisher) round(ctx context.Context) (RoundResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("list billers: %w", err)
 	}
+	res.FullSweep = p.lastFullSweep.IsZero() || p.deps.Now().Sub(p.lastFullSweep) >= p.cfg.FullSweepEvery
 	var errs []error
-	if err := p.announce(ctx, billers, &res); err != nil {
+	if err := p.announce(ctx, billers, res.FullSweep, &res); err != nil {
 		errs = append(errs, err)
 	}
 	if err := p.rescue(ctx, billers, &res); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.reconcile(ctx, billers, &res); err != nil {
+	if err := p.reconcile(ctx, billers, res.FullSweep, &res); err != nil {
 		errs = append(errs, err)
 	}
-	return res, errors.Join(errs...)
+	err = errors.Join(errs...)
+	if res.FullSweep && err == nil {
+		p.lastFullSweep = p.deps.Now()
+	}
+	return res, err
 }
 
-func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+// announce counts the pending items of every poll and direct biller, one
+// grouped query per shard that also moves the billers' watermarks, and
+// announces the poll billers that have some.
+func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, full bool, res *RoundResult) error {
 	byShard := map[string][]store.BillerCutover{}
+	poll := map[string]bool{}
 	for _, b := range billers {
-		if b.Mode == catalog.ModePoll {
+		if b.Mode == catalog.ModePoll || b.Mode == catalog.ModeDirect {
 			byShard[b.Shard] = append(byShard[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
 		}
+		poll[b.ID] = b.Mode == catalog.ModePoll
 	}
 	bucket := p.deps.Now().Truncate(p.cfg.Interval)
 	var msgs []bus.Message
@@ -150,16 +172,21 @@ func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res 
 			errs = append(errs, err)
 			continue
 		}
-		counts, err := st.PendingCount(ctx, store.PendingCountParams{Billers: byShard[shardName]})
+		counts, err := st.PendingCount(ctx, store.PendingCountParams{Billers: byShard[shardName], Full: full, WatermarkLag: p.cfg.WatermarkLag})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("count pending on shard %s: %w", shardName, err))
 			continue
 		}
 		for _, c := range counts {
-			if c.Pending <= 0 {
+			if c.Pending <= 0 || !poll[c.BillerID] {
 				continue
 			}
-			m, err := EncodeBillerMessage(BillerMessage{BillerID: c.BillerID, Shard: shardName, Pending: c.Pending, PublishedAt: p.deps.Now().UTC()}, bucket)
+			bm := BillerMessage{BillerID: c.BillerID, Shard: shardName, Pending: c.Pending, PublishedAt: p.deps.Now().UTC()}
+			if !c.OldestCreatedAt.IsZero() {
+				oldest := c.OldestCreatedAt.UTC()
+				bm.OldestPendingAt = &oldest
+			}
+			m, err := EncodeBillerMessage(bm, bucket)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -266,7 +293,7 @@ func (p *Publisher) republish(ctx context.Context, st store.Store, shardName str
 // within the grace period (the row was written, its publish was lost). The
 // MessageID is the item's own, so a late announcement and the sweep's
 // message are one to the broker.
-func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, full bool, res *RoundResult) error {
 	byShard := map[string][]store.BillerCutover{}
 	for _, b := range billers {
 		if b.Mode == catalog.ModeDirect {
@@ -280,7 +307,7 @@ func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, res
 			errs = append(errs, err)
 			continue
 		}
-		rows, err := st.PendingList(ctx, store.PendingListParams{Billers: byShard[shardName], OlderThan: p.cfg.ReconcileAfter, Limit: p.cfg.RescueBatch})
+		rows, err := st.PendingList(ctx, store.PendingListParams{Billers: byShard[shardName], OlderThan: p.cfg.ReconcileAfter, Limit: p.cfg.RescueBatch, Full: full})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list unannounced items on shard %s: %w", shardName, err))
 			continue
