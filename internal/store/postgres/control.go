@@ -23,6 +23,21 @@ func prefixed(alias string) string {
 		alias + `.fetched_at, ` + alias + `.queued_at, ` + alias + `.processing_at, ` + alias + `.processed_at, ` + alias + `.failed_at`
 }
 
+// lockByKey is the body of a LATERAL subquery that reads and locks (with
+// lock, e.g. "FOR UPDATE") the control record of the row k names
+// (k.item_type, k.item_id), by primary key alone. Callers filter on the
+// record's status outside it, and iterate k in key order so that two
+// statements lock shared records in one order and cannot deadlock. OFFSET
+// 0 keeps the planner from pushing the status filter inside, where a stale
+// statistic of the status mix (a burst of Fetched records since the last
+// ANALYZE) makes it prefer a partial status index and scan every record in
+// that status for each key. The update that follows joins on the primary
+// key only: the lock already holds the status it checked.
+func lockByKey(lock string) string {
+	return `SELECT ` + controlColumns + ` FROM datapump_control c
+				WHERE c.item_type = k.item_type AND c.item_id = k.item_id OFFSET 0 ` + lock
+}
+
 // micros renders a duration as a bigint of microseconds, the unit the SQL
 // multiplies by interval '1 microsecond'.
 func micros(d time.Duration) int64 { return d.Microseconds() }
@@ -113,21 +128,19 @@ func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (in
 	for i, f := range items {
 		types[i], ids[i], versions[i] = f.ItemType, f.ItemID, f.Version
 	}
-	// Rows are locked in key order, so two overlapping calls cannot deadlock.
 	tag, err := s.pool.Exec(ctx, `
-		WITH f AS (
+		WITH k AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(item_type, item_id, version)
+			ORDER BY item_type, item_id
+		), f AS (
 			SELECT c.item_type, c.item_id
-			FROM datapump_control c
-			JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS f(item_type, item_id, version)
-			  ON c.item_type = f.item_type AND c.item_id = f.item_id AND c.version = f.version
-			WHERE c.status = 'Fetched'
-			ORDER BY c.item_type, c.item_id
-			FOR UPDATE OF c
+			FROM k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
+			WHERE c.version = k.version AND c.status = 'Fetched'
 		)
 		UPDATE datapump_control c
 		SET status = 'Queued', version = c.version + 1, owner = '', queued_at = now(), updated_at = now()
 		FROM f
-		WHERE c.item_type = f.item_type AND c.item_id = f.item_id AND c.status = 'Fetched'`,
+		WHERE c.item_type = f.item_type AND c.item_id = f.item_id`,
 		types, ids, versions)
 	if err != nil {
 		return 0, fmt.Errorf("mark queued: %w", err)
@@ -578,20 +591,18 @@ func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimIt
 		), first AS (
 			SELECT DISTINCT ON (item_type, item_id) * FROM k ORDER BY item_type, item_id, ord
 		), pick AS (
-			SELECT c.item_type, c.item_id
-			FROM datapump_control c JOIN first k ON c.item_type = k.item_type AND c.item_id = k.item_id
+			SELECT c.item_type, c.item_id, k.owner, k.lease, k.ord
+			FROM first k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
 			WHERE `+claimableCondition("c")+`
-			ORDER BY c.item_type, c.item_id
-			FOR UPDATE OF c
 		), upd AS (
 			UPDATE datapump_control c
-			SET status = 'Processing', version = c.version + 1, owner = k.owner,
+			SET status = 'Processing', version = c.version + 1, owner = pick.owner,
 				attempts = CASE WHEN c.status = 'Processing' THEN c.attempts + 1 ELSE c.attempts END,
-				lease_until = now() + k.lease * interval '1 microsecond', next_attempt_at = NULL,
+				lease_until = now() + pick.lease * interval '1 microsecond', next_attempt_at = NULL,
 				processing_at = now(), updated_at = now()
-			FROM pick JOIN first k ON k.item_type = pick.item_type AND k.item_id = pick.item_id
-			WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id AND `+claimableCondition("c")+`
-			RETURNING k.ord, `+prefixed("c")+`
+			FROM pick
+			WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id
+			RETURNING pick.ord, `+prefixed("c")+`
 		)
 		SELECT upd.ord, true, now(), `+prefixed("upd")+` FROM upd
 		UNION ALL
@@ -661,20 +672,18 @@ func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinish
 			-- A claim named twice is finished by its first mention, as one call after the other would.
 			SELECT DISTINCT ON (item_type, item_id, version) * FROM named ORDER BY item_type, item_id, version, ord
 		), pick AS (
-			SELECT c.item_type, c.item_id
-			FROM datapump_control c JOIN f ON c.item_type = f.item_type AND c.item_id = f.item_id AND c.version = f.version
-			WHERE c.status = 'Processing'
-			ORDER BY c.item_type, c.item_id
-			FOR UPDATE OF c
+			SELECT c.item_type, c.item_id, k.status, k.error, k.ord
+			FROM (SELECT * FROM f ORDER BY item_type, item_id) k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
+			WHERE c.version = k.version AND c.status = 'Processing'
 		)
 		UPDATE datapump_control c
-		SET status = f.status, version = c.version + 1, lease_until = NULL, updated_at = now(),
-			last_error = CASE WHEN f.error <> '' THEN f.error ELSE c.last_error END,
-			processed_at = CASE WHEN f.status = 'Processed' THEN now() END,
-			failed_at = CASE WHEN f.status = 'Failed' THEN now() END
-		FROM pick JOIN f ON f.item_type = pick.item_type AND f.item_id = pick.item_id
-		WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id AND c.version = f.version AND c.status = 'Processing'
-		RETURNING f.ord`,
+		SET status = pick.status, version = c.version + 1, lease_until = NULL, updated_at = now(),
+			last_error = CASE WHEN pick.error <> '' THEN pick.error ELSE c.last_error END,
+			processed_at = CASE WHEN pick.status = 'Processed' THEN now() END,
+			failed_at = CASE WHEN pick.status = 'Failed' THEN now() END
+		FROM pick
+		WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id
+		RETURNING pick.ord`,
 		types, ids, versions, statuses, errs)
 	if err != nil {
 		return nil, fmt.Errorf("finish items: %w", err)

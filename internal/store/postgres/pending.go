@@ -10,10 +10,13 @@ import (
 )
 
 // pendingCondition is the anti-join that makes a source row pending: no
-// control record, or a New one. It is served by the control table's
-// primary key. itemTypeParam names the parameter holding the item type.
+// control record, or a New one. itemTypeParam names the parameter holding
+// the item type. OFFSET 0 keeps it a primary-key probe per source row: as
+// a planned anti-join, statistics taken while the control table was small
+// (a new shard, the first backlog after a cut-over) make the planner
+// materialise or hash the control records and rescan them for every row.
 func pendingCondition(src source, alias string, itemTypeParam int) string {
-	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = $%d AND c.item_id = %s.%s AND c.status <> 'New')`,
+	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = $%d AND c.item_id = %s.%s AND c.status <> 'New' OFFSET 0)`,
 		itemTypeParam, alias, src.key)
 }
 
@@ -192,7 +195,8 @@ const claimRounds = 5
 // ControlClaimPending claims up to Limit pending items of one biller, oldest
 // created first (ties: item type, then key), from the latest of its cut-over,
 // its watermark and From, in one statement: it picks the
-// candidates, moves New records to Fetched (locking them with SKIP LOCKED)
+// candidates, moves New records to Fetched (locking them with SKIP LOCKED,
+// so the update needs no second look at their status)
 // and inserts Fetched records for the rest (ON CONFLICT DO NOTHING, in
 // candidate order, so concurrent claimers wait on each other in one order
 // and cannot deadlock). An item a concurrent claimer took is simply left out.
@@ -245,17 +249,16 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			LIMIT $3
 		), locked AS (
 			SELECT c.item_type, c.item_id
-			FROM datapump_control c JOIN cand ON c.item_type = cand.item_type AND c.item_id = cand.item_id
+			FROM (SELECT * FROM cand ORDER BY item_type, item_id) k
+			CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE SKIP LOCKED")+`) c
 			WHERE c.status = 'New'
-			ORDER BY c.item_type, c.item_id
-			FOR UPDATE OF c SKIP LOCKED
 		), upd AS (
 			UPDATE datapump_control c
 			SET status = 'Fetched', version = c.version + 1, owner = $4, origin = 'poll',
 				source_created_at = coalesce(c.source_created_at, cand.created_at),
 				fetched_at = now(), updated_at = now()
 			FROM locked JOIN cand ON cand.item_type = locked.item_type AND cand.item_id = locked.item_id
-			WHERE c.item_type = locked.item_type AND c.item_id = locked.item_id AND c.status = 'New'
+			WHERE c.item_type = locked.item_type AND c.item_id = locked.item_id
 			RETURNING c.item_type, c.item_id, c.biller_id, c.version, c.attempts, c.source_created_at
 		), ins AS (
 			INSERT INTO datapump_control (item_type, item_id, biller_id, status, version, attempts, owner, origin,
@@ -263,7 +266,7 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			SELECT cand.item_type, cand.item_id, cand.biller_id, 'Fetched', 1, 0, $4, 'poll',
 				cand.created_at, now(), now(), now()
 			FROM cand
-			WHERE NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id)
+			WHERE NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id OFFSET 0)
 			ORDER BY cand.created_at, cand.item_type, cand.item_id
 			ON CONFLICT (item_type, item_id) DO NOTHING
 			RETURNING item_type, item_id, biller_id, version, attempts, source_created_at
