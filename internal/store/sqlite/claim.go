@@ -31,44 +31,136 @@ func billersJSON(billers []store.BillerCutover) (string, error) {
 
 // PendingCount counts pending items per biller (no control record, or one
 // in New; created at or after the biller's cut-over) and finds the oldest
-// one's created-at, with one grouped query over every item type. Billers
-// without pending items are left out.
+// one's created-at, with one query over every item type that reads each
+// (biller, item type) from its watermark, or from the cut-over when Full or
+// that is later. Billers without pending items are left out. A read-only
+// count runs on the read pool; with a WatermarkLag the scan and the move of
+// the scanned watermarks run in one BEGIN IMMEDIATE transaction.
 func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
 	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
 		return nil, nil
+	}
+	if p.WatermarkLag < 0 {
+		return nil, fmt.Errorf("pending count: watermark_lag: %s must not be negative", p.WatermarkLag)
 	}
 	billers, err := billersJSON(p.Billers)
 	if err != nil {
 		return nil, fmt.Errorf("pending count: %w", err)
 	}
-	args := append([]any{sql.Named("billers", billers)}, s.sources.args...)
-	rows, err := s.read.QueryContext(ctx, s.sources.pendingCount, args...)
+	args := append([]any{sql.Named("billers", billers), sql.Named("full", p.Full)}, s.sources.args...)
+	var scanned []typePending
+	if p.WatermarkLag == 0 {
+		scanned, err = s.scanPending(ctx, s.read, args)
+	} else {
+		err = s.inWrite(ctx, func(tx *sql.Tx) error {
+			if scanned, err = s.scanPending(ctx, tx, args); err != nil {
+				return err
+			}
+			return advanceWatermarks(ctx, tx, scanned, p.WatermarkLag)
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pending count: %w", err)
 	}
-	defer rows.Close()
-	var out []store.BillerPending
-	for rows.Next() {
-		var bp store.BillerPending
-		var oldest any
-		if err := rows.Scan(&bp.BillerID, &bp.Pending, &oldest); err != nil {
-			return nil, fmt.Errorf("pending count: %w", err)
-		}
-		if bp.OldestCreatedAt, err = parseSourceTime(oldest); err != nil {
-			return nil, fmt.Errorf("pending count of biller %s: %w", bp.BillerID, err)
-		}
-		out = append(out, bp)
+	return perBiller(scanned)
+}
+
+// typePending is one (biller, item type) row of the pending scan: the
+// cut-over it ran under, as passed, and the oldest pending created-at as
+// the source holds it (NULL without pending items).
+type typePending struct {
+	billerID, itemType, cutover string
+	pending                     int64
+	oldest                      sql.NullString
+}
+
+// scanPending runs the pending count on q, ordered by biller.
+func (s *Store) scanPending(ctx context.Context, q queryer, args []any) ([]typePending, error) {
+	rows, err := q.QueryContext(ctx, s.sources.pendingCount, args...)
+	if err != nil {
+		return nil, err
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("pending count: %w", err)
+	defer rows.Close()
+	var out []typePending
+	for rows.Next() {
+		var tp typePending
+		if err := rows.Scan(&tp.billerID, &tp.itemType, &tp.cutover, &tp.pending, &tp.oldest); err != nil {
+			return nil, err
+		}
+		out = append(out, tp)
+	}
+	return out, rows.Err()
+}
+
+// perBiller sums the scan of each biller over its item types, keeping the
+// billers with pending items, in the scan's order.
+func perBiller(scanned []typePending) ([]store.BillerPending, error) {
+	var out []store.BillerPending
+	for _, tp := range scanned {
+		if tp.pending == 0 {
+			continue
+		}
+		oldest, err := parseSourceTime(tp.oldest.String)
+		if err != nil {
+			return nil, fmt.Errorf("pending count of biller %s: %w", tp.billerID, err)
+		}
+		if n := len(out); n > 0 && out[n-1].BillerID == tp.billerID {
+			out[n-1].Pending += tp.pending
+			if oldest.Before(out[n-1].OldestCreatedAt) {
+				out[n-1].OldestCreatedAt = oldest
+			}
+			continue
+		}
+		out = append(out, store.BillerPending{BillerID: tp.billerID, Pending: tp.pending, OldestCreatedAt: oldest})
 	}
 	return out, nil
 }
 
+// advanceWatermarksSQL moves the watermark of each scanned (biller, item
+// type) in :scanned, a JSON array of [biller_id, item_type, cutover,
+// oldest] (oldest null without pending items), to its oldest pending
+// created-at or to :before, whichever is earlier, and records the cut-over
+// it was computed under. min() of a NULL is NULL, hence the COALESCE.
+const advanceWatermarksSQL = `INSERT INTO datapump_watermark (biller_id, item_type, cutover_at, low_created_at, updated_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    COALESCE(min(json_extract(value, '$[3]'), :before), :before), :now
+FROM json_each(:scanned)
+WHERE true
+ON CONFLICT (biller_id, item_type) DO UPDATE SET
+    cutover_at = excluded.cutover_at, low_created_at = excluded.low_created_at, updated_at = excluded.updated_at`
+
+// advanceWatermarks moves the scanned watermarks to lag before the
+// database clock, or to the oldest pending item when that is earlier.
+func advanceWatermarks(ctx context.Context, tx *sql.Tx, scanned []typePending, lag time.Duration) error {
+	rows := make([][4]any, len(scanned))
+	for i, tp := range scanned {
+		var oldest any
+		if tp.oldest.Valid {
+			oldest = tp.oldest.String
+		}
+		rows[i] = [4]any{tp.billerID, tp.itemType, tp.cutover, oldest}
+	}
+	j, err := json.Marshal(rows)
+	if err != nil {
+		return fmt.Errorf("advance watermarks: %w", err)
+	}
+	now, err := txNow(ctx, tx)
+	if err != nil {
+		return err
+	}
+	before := sourceTimeArg(time.UnixMilli(max(now-durationMS(lag), 0)).UTC())
+	if _, err := tx.ExecContext(ctx, advanceWatermarksSQL,
+		sql.Named("scanned", string(j)), sql.Named("before", before), sql.Named("now", now)); err != nil {
+		return fmt.Errorf("advance watermarks: %w", err)
+	}
+	return nil
+}
+
 // PendingList lists the oldest Limit pending items (no control record, or
-// one in New) of the given billers, created at or after their cut-over and
-// at least OlderThan before the database clock, oldest first (then item
-// type, then id), in one query; a zero Limit means 100.
+// one in New) of the given billers, created at or after their watermark
+// (unless Full) and cut-over and at least OlderThan before the database
+// clock, oldest first (then item type, then id), in one query; a zero
+// Limit means 100.
 func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
 	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
 		return nil, nil
@@ -79,6 +171,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 	}
 	args := append([]any{
 		sql.Named("billers", billers), sql.Named("older_than", durationMS(p.OlderThan)), sql.Named("limit", limitOr(p.Limit)),
+		sql.Named("full", p.Full),
 	}, s.sources.args...)
 	rows, err := s.read.QueryContext(ctx, s.sources.pendingList, args...)
 	if err != nil {
@@ -106,7 +199,8 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 
 // ControlClaimPending claims up to Limit pending items of one biller in one
 // BEGIN IMMEDIATE transaction and one statement: the oldest by source
-// created-at, then item type, then id; records are inserted as Fetched
+// created-at, then item type, then id, from the latest of the cut-over,
+// From and the item type's watermark; records are inserted as Fetched
 // (origin "poll") or moved New → Fetched. The items come back in that order.
 func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
 	if p.Limit <= 0 || len(s.sources.order) == 0 {
@@ -114,7 +208,8 @@ func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPen
 	}
 	args := append([]any{
 		sql.Named("biller", p.BillerID), sql.Named("owner", p.Owner),
-		sql.Named("cutover", sourceTimeArg(p.CutoverAt)), sql.Named("limit", p.Limit),
+		sql.Named("cutover", sourceTimeArg(p.CutoverAt)), sql.Named("from", sourceTimeArg(p.From)),
+		sql.Named("limit", p.Limit),
 	}, s.sources.args...)
 	var out []store.Claimed
 	err := s.inWrite(ctx, func(tx *sql.Tx) error {

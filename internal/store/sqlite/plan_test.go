@@ -70,24 +70,30 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		require.Failf(t, "plan", "%s: no %q in\n%s", name, want, strings.Join(lines, "\n"))
 	}
 
-	pending := plan(s.sources.pendingCount, append([]any{sql.Named("billers", `[["b1",""]]`)}, s.sources.args...)...)
+	pending := plan(s.sources.pendingCount, append([]any{sql.Named("billers", `[["b1",""]]`), sql.Named("full", false)}, s.sources.args...)...)
 	noTableScan("pending count", pending)
 	requireLine("pending count", pending, "payments_biller_created")
 	requireLine("pending count", pending, "paperless_registrations_biller_created")
 	requireLine("pending count", pending, "SEARCH c USING PRIMARY KEY")
+	requireLine("pending count", pending, "SEARCH w USING PRIMARY KEY")
 
 	list := plan(s.sources.pendingList, append([]any{sql.Named("billers", `[["b1",""]]`), sql.Named("older_than", 1),
-		sql.Named("limit", 5)}, s.sources.args...)...)
+		sql.Named("limit", 5), sql.Named("full", false)}, s.sources.args...)...)
 	noTableScan("pending list", list)
 	requireLine("pending list", list, "payments_biller_created")
 	requireLine("pending list", list, "paperless_registrations_biller_created")
 	requireLine("pending list", list, "SEARCH c USING PRIMARY KEY")
+	requireLine("pending list", list, "SEARCH w USING PRIMARY KEY")
 
 	claim := plan(s.sources.claimPending, append([]any{sql.Named("biller", "b1"), sql.Named("owner", "w"),
-		sql.Named("cutover", ""), sql.Named("limit", 5)}, s.sources.args...)...)
+		sql.Named("cutover", ""), sql.Named("from", ""), sql.Named("limit", 5)}, s.sources.args...)...)
 	noTableScan("claim pending", claim)
 	requireLine("claim pending", claim, "payments_biller_created")
 	requireLine("claim pending", claim, "SEARCH c USING PRIMARY KEY")
+	requireLine("claim pending", claim, "SEARCH w USING PRIMARY KEY")
+
+	advance := plan(advanceWatermarksSQL, sql.Named("scanned", `[["b1","payment","",null]]`), sql.Named("before", ""), sql.Named("now", 1))
+	noTableScan("advance watermarks", advance)
 
 	marked := plan(markQueuedSQL, sql.Named("items", "[]"))
 	noTableScan("mark queued", marked)

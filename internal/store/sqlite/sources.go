@@ -69,25 +69,43 @@ func (c *source) unclaimed() string {
 	return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = :type%d AND c.item_id = s.%s AND c.status <> 'New')`, c.n, c.key)
 }
 
-// pendingBranch selects the biller and created-at of every pending row of
-// the billers in the CTE "billers" (biller_id, cutover).
+// watermarkJoin joins each biller of the CTE "billers" to its watermark w
+// for this item type, unless :full is set or the watermark was computed
+// under a later cut-over than the biller's now.
+func (c *source) watermarkJoin() string {
+	return fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = :type%d AND w.cutover_at <= b.cutover AND NOT :full`, c.n)
+}
+
+// scanFrom is where the scan of a biller of the CTE "billers" starts: its
+// cut-over, or its watermark w (see watermarkJoin) when that is later. It
+// is a value of the outer rows, so the scan stays a range on the
+// (biller, created_at) index.
+const scanFrom = `max(b.cutover, COALESCE(w.low_created_at, ''))`
+
+// pendingBranch counts the pending rows of each biller of the CTE
+// "billers" (biller_id, cutover) from its watermark or cut-over and finds
+// the oldest, as (biller_id, item_type, cutover, pending, oldest). A biller
+// without pending rows has a row too (pending 0, oldest NULL), so that its
+// watermark can move.
 func (c *source) pendingBranch() string {
-	return fmt.Sprintf(`SELECT s.%[1]s AS biller_id, s.%[3]s AS created_at FROM billers b JOIN %[2]s s ON s.%[1]s = b.biller_id AND s.%[3]s >= b.cutover WHERE %[4]s%[5]s`,
-		c.biller, c.table, c.created, c.unclaimed(), c.typeFilter())
+	return fmt.Sprintf(`SELECT b.biller_id, :type%[1]d AS item_type, b.cutover, COUNT(s.%[4]s) AS pending, MIN(s.%[4]s) AS oldest FROM billers b %[5]s LEFT JOIN %[2]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= %[6]s AND %[7]s%[8]s GROUP BY b.biller_id`,
+		c.n, c.table, c.biller, c.created, c.watermarkJoin(), scanFrom, c.unclaimed(), c.typeFilter())
 }
 
 // listBranch selects the oldest :limit pending rows of the billers in the
-// CTE "billers" created at or before the CTE "grace" (before), as
-// (item_type, item_id, biller_id, created_at).
+// CTE "billers", from their watermark or cut-over, created at or before
+// the CTE "grace" (before), as (item_type, item_id, biller_id, created_at).
 func (c *source) listBranch() string {
-	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS biller_id, s.%[4]s AS created_at FROM billers b JOIN %[5]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= b.cutover AND s.%[4]s <= (SELECT before FROM grace) WHERE %[6]s%[7]s ORDER BY s.%[4]s, s.%[2]s LIMIT :limit)`,
-		c.n, c.key, c.biller, c.created, c.table, c.unclaimed(), c.typeFilter())
+	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS biller_id, s.%[4]s AS created_at FROM billers b %[8]s JOIN %[5]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= %[9]s AND s.%[4]s <= (SELECT before FROM grace) WHERE %[6]s%[7]s ORDER BY s.%[4]s, s.%[2]s LIMIT :limit)`,
+		c.n, c.key, c.biller, c.created, c.table, c.unclaimed(), c.typeFilter(), c.watermarkJoin(), scanFrom)
 }
 
-// claimBranch selects the oldest :limit pending rows of :biller from
-// :cutover on, as (item_type, item_id, created_at).
+// claimBranch selects the oldest :limit pending rows of :biller from the
+// latest of :cutover, :from and the item type's watermark (when it was
+// computed under :cutover or an earlier one), as (item_type, item_id,
+// created_at).
 func (c *source) claimBranch() string {
-	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS created_at FROM %[4]s s WHERE s.%[5]s = :biller AND s.%[3]s >= :cutover AND %[6]s%[7]s ORDER BY s.%[3]s, s.%[2]s LIMIT :limit)`,
+	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS created_at FROM %[4]s s WHERE s.%[5]s = :biller AND s.%[3]s >= max(:cutover, :from, COALESCE((SELECT w.low_created_at FROM datapump_watermark w WHERE w.biller_id = :biller AND w.item_type = :type%[1]d AND w.cutover_at <= :cutover), '')) AND %[6]s%[7]s ORDER BY s.%[3]s, s.%[2]s LIMIT :limit)`,
 		c.n, c.key, c.created, c.table, c.biller, c.unclaimed(), c.typeFilter())
 }
 
@@ -96,15 +114,18 @@ func (c *source) claimBranch() string {
 type sourceSet struct {
 	byType map[string]*source
 	order  []*source
-	// pendingCount counts pending items per biller for :billers, a JSON
-	// array of [biller_id, cutover] pairs, and finds the oldest, in one
-	// grouped query.
+	// pendingCount counts pending items per biller and item type for
+	// :billers, a JSON array of [biller_id, cutover] pairs, from their
+	// watermarks (unless :full) or cut-overs, and finds the oldest, in one
+	// query.
 	pendingCount string
 	// pendingList lists the oldest :limit pending items of :billers created
-	// :older_than milliseconds or more before the database clock.
+	// :older_than milliseconds or more before the database clock, from
+	// their watermarks (unless :full) or cut-overs.
 	pendingList string
 	// claimPending inserts or moves to Fetched the oldest :limit pending
-	// items of :biller and returns them.
+	// items of :biller from the latest of :cutover, :from and its
+	// watermarks, and returns them.
 	claimPending string
 	// args are every source's own parameters.
 	args []any
@@ -132,13 +153,13 @@ func newSourceSet(srcs []store.Source) *sourceSet {
 }
 
 // pendingCountSQL is completed with the UNION ALL of every source's
-// pendingBranch.
+// pendingBranch: one row per biller and item type.
 const pendingCountSQL = `WITH billers (biller_id, cutover) AS (
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:billers)
 )
-SELECT biller_id, COUNT(*), MIN(created_at) FROM (
+SELECT biller_id, item_type, cutover, pending, oldest FROM (
     %s
-) GROUP BY biller_id ORDER BY biller_id`
+) ORDER BY biller_id, item_type`
 
 // pendingListSQL is completed with nowMS and the UNION ALL of every
 // source's listBranch. The grace cut-off is formatted as source created-at

@@ -15,7 +15,9 @@
 // 'YYYY-MM-DD HH:MM:SS.SSS' (what strftime('%Y-%m-%d %H:%M:%f','now')
 // writes), so that comparing them with a cut-over formatted the same way
 // (sourceTimeLayout) is a text comparison an index on (biller, created_at)
-// serves. Rows with a NULL created-at are never pending.
+// serves. The low watermarks of the pending scan (datapump_watermark) keep
+// their created-at and cut-over in that form too, for the same reason.
+// Rows with a NULL created-at are never pending.
 package sqlite
 
 import (
@@ -159,8 +161,9 @@ func DSN(path string, writer bool) string {
 }
 
 // Migrate creates or upgrades the pump's tables (datapump_control,
-// datapump_lease, datapump_biller and goose's datapump_goose_version). It
-// never touches source tables and is safe to run again.
+// datapump_lease, datapump_biller, datapump_watermark and goose's
+// datapump_goose_version). It never touches source tables and is safe to
+// run again.
 func (s *Store) Migrate(ctx context.Context) error {
 	fsys, err := fs.Sub(migrations, "migrations")
 	if err != nil {

@@ -159,7 +159,7 @@ func TestMigrateLeavesSourceTablesAlone(t *testing.T) {
 		tables = append(tables, n)
 	}
 	require.NoError(t, rows.Err())
-	require.Equal(t, []string{"datapump_biller", "datapump_control", "datapump_goose_version", "datapump_lease", "goose_db_version", "payments", "sqlite_sequence"}, tables)
+	require.Equal(t, []string{"datapump_biller", "datapump_control", "datapump_goose_version", "datapump_lease", "datapump_watermark", "goose_db_version", "payments", "sqlite_sequence"}, tables)
 }
 
 // TestSharedTableSource: two item types in one schema-qualified table,

@@ -68,10 +68,10 @@ SELECT @lock;`
 }
 
 // Migrate creates or upgrades the pump's tables (control records, lease,
-// billers) in the configured schema, creating the schema first if it is
-// missing, after checking the database's compatibility level allows
-// OPENJSON. It never touches source tables and is safe to run again, and from
-// several processes at once: goose holds an application lock
+// billers, watermarks) in the configured schema, creating the schema first
+// if it is missing, after checking the database's compatibility level
+// allows OPENJSON. It never touches source tables and is safe to run again,
+// and from several processes at once: goose holds an application lock
 // (sp_getapplock) on its connection while it migrates.
 func (s *Store) Migrate(ctx context.Context) error {
 	var level int

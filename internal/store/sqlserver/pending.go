@@ -63,42 +63,120 @@ func billersCTE(p *params, billers string) string {
 )`
 }
 
+// watermarkJoin joins each biller of the CTE b to its watermark w for the
+// item type in placeholder itemType, unless placeholder full is set or the
+// watermark was computed under a later cut-over than the biller's now. The
+// biller id from OPENJSON carries the database's collation; it is compared
+// in the watermark key's binary collation, so the two do not conflict and
+// the probe stays a seek of the key. indent starts every line but the first.
+func (s *Store) watermarkJoin(itemType, full, indent string) string {
+	return `LEFT JOIN ` + s.t.watermark + ` AS w
+` + indent + `  ON w.biller_id = b.biller_id COLLATE Latin1_General_100_BIN2 AND w.item_type = ` + itemType + `
+` + indent + ` AND w.cutover_at <= b.cutover_at AND ` + full + ` = 0`
+}
+
+// scanFrom is where the pending scan of one biller and item type starts:
+// at start, or at its watermark w when that is later (w is NULL without
+// one). T-SQL has GREATEST only from SQL Server 2022; a CASE of the outer
+// row's values keeps the seek on the source's (biller, created_at) index.
+func scanFrom(start string) string {
+	return `CASE WHEN w.low_created_at > ` + start + ` THEN w.low_created_at ELSE ` + start + ` END`
+}
+
+// scanTableVar declares @scan, one row per scanned biller and item type.
+const scanTableVar = `DECLARE @scan TABLE (
+    biller_id nvarchar(128) COLLATE Latin1_General_100_BIN2 NOT NULL,
+    item_type nvarchar(64) COLLATE Latin1_General_100_BIN2 NOT NULL,
+    cutover_at datetime2(7) NOT NULL, pending bigint NOT NULL, oldest datetime2(7) NULL,
+    PRIMARY KEY (biller_id, item_type)
+);`
+
+// watermarkLow is the watermark a scanned row of @scan (sc) moves to: its
+// oldest pending created-at, or @horizon when that is earlier or nothing
+// is pending.
+const watermarkLow = `CASE WHEN sc.oldest < @horizon THEN sc.oldest ELSE @horizon END`
+
 // pendingCountSQL counts pending items and finds the oldest per biller in
-// ONE grouped query over every item type: billers and cut-overs arrive as
-// a JSON array, and each source table is joined on (biller, created-at >=
-// cut-over) — a seek on an index over (biller, created_at) — with the
-// anti-join against datapump_control's primary key.
+// ONE batch over every item type: billers and cut-overs arrive as a JSON
+// array; for each biller and item type, the source table is read from the
+// watermark, or from the cut-over when full or that is later — a seek on an
+// index over (biller, created_at) — with the anti-join against
+// datapump_control's primary key, into @scan. With a positive lag the batch
+// then moves every scanned watermark to the oldest pending created-at or to
+// lag before the database clock, whichever is earlier, recording the
+// cut-over it ran under: an UPDATE of the existing watermarks, then an
+// insert of the missing ones.
 //
-// Locking review: a read; the source tables with sourceReadHints (no
-// blocking on the applications' open inserts, no dirty reads).
-func (s *Store) pendingCountSQL(billers string) (string, params) {
+// Locking review: the scan is a read; the source tables with
+// sourceReadHints (no blocking on the applications' open inserts, no dirty
+// reads), the watermarks with a plain read by key. The advance runs outside
+// a transaction, each statement committing on its own: the UPDATE seeks
+// the watermark key from @scan (FORCESEEK, in key order) and holds its
+// exclusive key locks only while it runs; the insert checks each key WITH
+// (UPDLOCK, HOLDLOCK), so a concurrent advancer inserting the same key waits
+// and then skips it instead of failing on the duplicate. The insert is not
+// a MERGE, which without HOLDLOCK is not atomic. The last advancer's
+// watermark wins, as in the other adapters; the publisher's lease keeps to
+// one advancer at a time. A batch that fails half way leaves some
+// watermarks where they were, which is safe, and is run again whole when it
+// was a deadlock victim.
+func (s *Store) pendingCountSQL(billers string, full bool, lag time.Duration) (string, params, error) {
+	lagMS, err := millis("watermark_lag", lag)
+	if err != nil {
+		return "", nil, err
+	}
 	var p params
 	cte := billersCTE(&p, billers)
+	fullArg := p.add(full)
+	advance := ""
+	if lag > 0 {
+		advance = `
+` + declareNow + `
+DECLARE @horizon datetime2(7) = DATEADD(millisecond, -` + p.add(lagMS) + `, @now);
+UPDATE w
+SET cutover_at = sc.cutover_at, low_created_at = ` + watermarkLow + `, updated_at = @now
+FROM @scan AS sc
+JOIN ` + s.t.watermark + ` AS w WITH (FORCESEEK) ON w.biller_id = sc.biller_id AND w.item_type = sc.item_type;
+INSERT INTO ` + s.t.watermark + ` (biller_id, item_type, cutover_at, low_created_at, updated_at)
+SELECT sc.biller_id, sc.item_type, sc.cutover_at, ` + watermarkLow + `, @now
+FROM @scan AS sc
+WHERE NOT EXISTS (SELECT 1 FROM ` + s.t.watermark + ` AS w WITH (UPDLOCK, HOLDLOCK, FORCESEEK)
+                  WHERE w.biller_id = sc.biller_id AND w.item_type = sc.item_type)
+ORDER BY sc.biller_id, sc.item_type;`
+	}
 	parts := make([]string, 0, len(s.order))
 	for _, src := range s.order {
 		typ := p.add(src.ItemType)
-		parts = append(parts, `    SELECT b.biller_id, COUNT_BIG(*) AS n, MIN(CAST(s.`+src.createdAt+` AS datetime2(7))) AS oldest
-    FROM b
-    JOIN `+src.table+` AS s `+sourceReadHints+`
-      ON s.`+src.biller+` = b.biller_id AND s.`+src.createdAt+` >= b.cutover_at`+src.typeFilter(&p, "s")+`
-    WHERE `+pendingCondition(src, s.t.control, typ)+`
-    GROUP BY b.biller_id`)
+		parts = append(parts, `SELECT b.biller_id, `+typ+`, b.cutover_at, n.pending, n.oldest
+FROM b
+`+s.watermarkJoin(typ, fullArg, "")+`
+CROSS APPLY (
+    SELECT COUNT_BIG(*) AS pending, MIN(CAST(s.`+src.createdAt+` AS datetime2(7))) AS oldest
+    FROM `+src.table+` AS s `+sourceReadHints+`
+    WHERE s.`+src.biller+` = b.biller_id AND s.`+src.createdAt+` >= `+scanFrom("b.cutover_at")+src.typeFilter(&p, "s")+`
+      AND `+pendingCondition(src, s.t.control, typ)+`
+) AS n`)
 	}
-	q := cte + `
-SELECT per_type.biller_id, SUM(per_type.n) AS pending, MIN(per_type.oldest) AS oldest
-FROM (
-` + strings.Join(parts, "\n    UNION ALL\n") + `
-) AS per_type
-GROUP BY per_type.biller_id
-ORDER BY per_type.biller_id;`
-	return q, p
+	q := `SET NOCOUNT ON;
+` + scanTableVar + `
+` + cte + `
+INSERT INTO @scan (biller_id, item_type, cutover_at, pending, oldest)
+` + strings.Join(parts, "\nUNION ALL\n") + `;` + advance + `
+SELECT sc.biller_id, SUM(sc.pending) AS pending, MIN(sc.oldest) AS oldest
+FROM @scan AS sc
+GROUP BY sc.biller_id
+HAVING SUM(sc.pending) > 0
+ORDER BY sc.biller_id;`
+	return q, p, nil
 }
 
 // PendingCount counts pending items per biller (no control record, or a
 // New one; created at or after the biller's cut-over) and finds the oldest
-// one's created-at, with one grouped query over every item type. Billers
-// without pending items are left out; a biller named twice counts once,
-// with its first cut-over.
+// one's created-at, with one batch over every item type that reads each
+// (biller, item type) from its watermark, or from the cut-over when Full or
+// that is later; with a WatermarkLag the batch also moves the scanned
+// watermarks (see pendingCountSQL). Billers without pending items are left
+// out; a biller named twice counts once, with its first cut-over.
 func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([]store.BillerPending, error) {
 	if len(p.Billers) == 0 || len(s.order) == 0 {
 		return nil, nil
@@ -107,10 +185,25 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 	if err != nil {
 		return nil, fmt.Errorf("count pending: %w", err)
 	}
-	q, args := s.pendingCountSQL(billers)
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	q, args, err := s.pendingCountSQL(billers, p.Full, p.WatermarkLag)
 	if err != nil {
 		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	var out []store.BillerPending
+	err = s.retryDeadlock(ctx, func() error {
+		out, err = s.pendingCountOnce(ctx, q, args)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count pending: %w", err)
+	}
+	return out, nil
+}
+
+func (s *Store) pendingCountOnce(ctx context.Context, q string, args []any) ([]store.BillerPending, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	var out []store.BillerPending
@@ -118,15 +211,12 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 		var bp store.BillerPending
 		var oldest sql.NullTime
 		if err := rows.Scan(&bp.BillerID, &bp.Pending, &oldest); err != nil {
-			return nil, fmt.Errorf("count pending: %w", err)
+			return nil, err
 		}
 		bp.OldestCreatedAt = utc(oldest)
 		out = append(out, bp)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count pending: %w", err)
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // candidateColumns selects one source row as a candidate: item type, key,
@@ -143,7 +233,9 @@ func candidateColumns(src *source, itemType string) string {
 // COMMITTED transaction:
 //
 //  1. Candidates: per item type the oldest @limit pending rows of the
-//     biller from the cut-over on (TOP with ORDER BY in a derived table, an
+//     biller from @start (the later of the cut-over and From), or from the
+//     item type's watermark when that is later and was computed under the
+//     cut-over or an earlier one (TOP with ORDER BY in a derived table, an
 //     ordered seek on (biller, created_at) that stops early), then the
 //     oldest @limit overall by created-at, item type, id, into @cand, with
 //     whether a (New) record exists.
@@ -156,8 +248,9 @@ func candidateColumns(src *source, itemType string) string {
 //
 // Locking review. Step 1 reads the applications' tables with
 // sourceReadHints (an uncommitted insert is skipped and found by a later
-// claim — the anti-join, not an id cursor, guarantees that) and holds no
-// locks afterwards. Step 2 seeks datapump_control by primary key from
+// claim — the anti-join, not an id cursor, guarantees that) and the
+// watermark with a plain read of one key (it waits only for an advance
+// that is writing that key), and holds no locks afterwards. Step 2 seeks datapump_control by primary key from
 // @cand (so it locks only candidate rows; a scan of the table under UPDLOCK
 // would lock, and at 5000 locks escalate to, the whole history); UPDLOCK
 // holds each taken row to commit, READPAST skips a New row another claimer
@@ -182,26 +275,33 @@ func (s *Store) claimPendingSQL(p store.ControlClaimPendingParams) (string, para
 	cutover := a.add(cutoverArg(p.CutoverAt))
 	limit := a.add(int64(p.Limit))
 	owner := a.add(p.Owner)
+	from := a.add(timeArg(p.From))
 	parts := make([]string, 0, len(s.order))
 	for i, src := range s.order {
 		typ := a.add(src.ItemType)
+		// MAX makes w exactly one row (NULL without a watermark), so the
+		// cross join keeps every source row.
 		parts = append(parts, fmt.Sprintf(`    SELECT t%d.* FROM (
         SELECT TOP (%s) %s,
             CASE WHEN EXISTS (SELECT 1 FROM %s AS r WHERE r.item_type = %s AND r.item_id = s.%s) THEN 1 ELSE 0 END AS has_record
-        FROM %s AS s %s
-        WHERE s.%s = %s AND s.%s >= CAST(%s AS datetime2(7))%s
+        FROM (SELECT MAX(wm.low_created_at) AS low_created_at FROM %s AS wm
+              WHERE wm.biller_id = %s AND wm.item_type = %s AND wm.cutover_at <= CAST(%s AS datetime2(7))) AS w
+        CROSS JOIN %s AS s %s
+        WHERE s.%s = %s AND s.%s >= %s%s
           AND %s
         ORDER BY s.%s, s.%s
     ) AS t%d`,
 			i, limit, candidateColumns(src, typ),
 			s.t.control, typ, src.key,
+			s.t.watermark, biller, typ, cutover,
 			src.table, sourceReadHints,
-			src.biller, biller, src.createdAt, cutover, src.typeFilter(&a, "s"),
+			src.biller, biller, src.createdAt, scanFrom("@start"), src.typeFilter(&a, "s"),
 			pendingCondition(src, s.t.control, typ),
 			src.createdAt, src.key, i))
 	}
 	q := `SET NOCOUNT ON;
 ` + declareNow + `
+DECLARE @start datetime2(7) = (SELECT MAX(v.at) FROM (VALUES (CAST(` + cutover + ` AS datetime2(7))), (CAST(` + from + ` AS datetime2(7)))) AS v(at));
 DECLARE @cand TABLE (
     item_type nvarchar(64) NOT NULL, item_id bigint NOT NULL, biller_id nvarchar(128) NOT NULL,
     created_at datetime2(7) NOT NULL, has_record bit NOT NULL,
@@ -265,10 +365,10 @@ const maxClaimBatch = 1000
 const claimRounds = 5
 
 // ControlClaimPending claims up to Limit (at most 1000) pending items of one
-// biller, oldest created first (ties: item type, then key), in one
-// transaction (see claimPendingSQL): New records move to Fetched, items
-// without a record get one as Fetched, and an item a concurrent claimer took
-// is left out.
+// biller, oldest created first (ties: item type, then key), from the latest
+// of its cut-over, its watermark and From, in one transaction (see
+// claimPendingSQL): New records move to Fetched, items without a record get
+// one as Fetched, and an item a concurrent claimer took is left out.
 func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
 	if p.Limit <= 0 || len(s.order) == 0 {
 		return nil, nil
@@ -337,29 +437,33 @@ func (s *Store) claimPendingOnce(ctx context.Context, q string, args []any) ([]s
 }
 
 // pendingListSQL lists the oldest pending items of the billers created at
-// least olderMS before the database clock: per item type the oldest @limit
+// least olderMS before the database clock, each biller and item type from
+// its watermark (unless full) or cut-over: per item type the oldest @limit
 // in (biller, created-at) order, then the oldest @limit overall.
 //
-// Locking review: a read, as pendingCountSQL.
-func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64) (string, params) {
+// Locking review: a read, as the scan of pendingCountSQL.
+func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64, full bool) (string, params) {
 	var p params
 	older := p.add(olderMS)
 	cte := billersCTE(&p, billers)
 	top := p.add(limit)
+	fullArg := p.add(full)
 	parts := make([]string, 0, len(s.order))
 	for i, src := range s.order {
 		typ := p.add(src.ItemType)
 		parts = append(parts, fmt.Sprintf(`    SELECT t%d.* FROM (
         SELECT TOP (%s) %s
         FROM b
+        %s
         JOIN %s AS s %s
-          ON s.%s = b.biller_id AND s.%s >= b.cutover_at AND s.%s <= @before%s
+          ON s.%s = b.biller_id AND s.%s >= %s AND s.%s <= @before%s
         WHERE %s
         ORDER BY s.%s, s.%s
     ) AS t%d`,
 			i, top, candidateColumns(src, typ),
+			s.watermarkJoin(typ, fullArg, "        "),
 			src.table, sourceReadHints,
-			src.biller, src.createdAt, src.createdAt, src.typeFilter(&p, "s"),
+			src.biller, src.createdAt, scanFrom("b.cutover_at"), src.createdAt, src.typeFilter(&p, "s"),
 			pendingCondition(src, s.t.control, typ),
 			src.createdAt, src.key, i))
 	}
@@ -376,9 +480,10 @@ ORDER BY u.created_at, u.item_type, u.item_id;`
 }
 
 // PendingList lists the oldest Limit pending items (no control record, or
-// a New one) of the given billers, created at or after their cut-over and
-// at least OlderThan before the database clock, oldest first (then item
-// type, then id), in one query; a zero Limit means 100.
+// a New one) of the given billers, created at or after their watermark
+// (unless Full) and cut-over and at least OlderThan before the database
+// clock, oldest first (then item type, then id), in one query; a zero
+// Limit means 100.
 func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
 	if len(p.Billers) == 0 || len(s.order) == 0 {
 		return nil, nil
@@ -391,7 +496,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("pending list: %w", err)
 	}
-	q, args := s.pendingListSQL(billers, older, limitOr(p.Limit, defaultLimit))
+	q, args := s.pendingListSQL(billers, older, limitOr(p.Limit, defaultLimit), p.Full)
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("pending list: %w", err)

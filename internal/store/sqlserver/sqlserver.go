@@ -43,10 +43,10 @@
 //
 // Migrations (pressly/goose, embedded, under an application lock) create
 // only the pump's own tables: datapump_control, datapump_lease,
-// datapump_biller and goose's datapump_schema_version, in the configured
-// schema. Source tables are read, never changed, except by the demo source
-// (DemoSchemaCreate, DemoItemsInsert), which stands in for the applications
-// that own them.
+// datapump_biller, datapump_watermark and goose's datapump_schema_version,
+// in the configured schema. Source tables are read, never changed, except by
+// the demo source (DemoSchemaCreate, DemoItemsInsert), which stands in for
+// the applications that own them.
 package sqlserver
 
 import (
@@ -150,8 +150,8 @@ var (
 
 // tables are the pump's and the demo's table names, schema-qualified and quoted.
 type tables struct {
-	schema, control, lease, biller, version string
-	accounts, payments, paperless           string
+	schema, control, lease, biller, watermark, version string
+	accounts, payments, paperless                      string
 }
 
 func newTables(schema string) tables {
@@ -161,6 +161,7 @@ func newTables(schema string) tables {
 		control:   q("datapump_control"),
 		lease:     q("datapump_lease"),
 		biller:    q("datapump_biller"),
+		watermark: q("datapump_watermark"),
 		version:   q(versionTable),
 		accounts:  q("accounts"),
 		payments:  q("payments"),

@@ -99,9 +99,10 @@ func allStatements(t *testing.T) []statement {
 	add("retry-filtered")(must(s.retrySQL(filtered, false)))
 	add("retry-dry-run")(must(s.retrySQL(filtered, true)))
 
-	add("pending-count")(s.pendingCountSQL(billers))
-	add("claim-pending")(s.claimPendingSQL(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: at, Limit: 50, Owner: "biller-consumer-1"}))
-	add("pending-list")(s.pendingListSQL(billers, 600_000, 100))
+	add("pending-count")(must(s.pendingCountSQL(billers, false, 0)))
+	add("pending-count-full-advance")(must(s.pendingCountSQL(billers, true, time.Minute)))
+	add("claim-pending")(s.claimPendingSQL(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: at, From: at.Add(time.Hour), Limit: 50, Owner: "biller-consumer-1"}))
+	add("pending-list")(s.pendingListSQL(billers, 600_000, 100, false))
 	add("item-source-payment")(s.itemSourceSQL(s.sources[items.Payment], key))
 	add("item-source-refund")(s.itemSourceSQL(s.sources["refund"], store.ItemKey{ItemType: "refund", ItemID: 5}))
 	for _, src := range s.order {
@@ -175,6 +176,8 @@ func describeArg(a any) string {
 		return fmt.Sprintf("int %d", x)
 	case float64:
 		return fmt.Sprintf("float %v", x)
+	case bool:
+		return fmt.Sprintf("bit %v", x)
 	case time.Time:
 		return "datetimeoffset " + x.Format(time.RFC3339Nano)
 	case sql.NullTime:
@@ -330,7 +333,7 @@ func TestMigrationsRender(t *testing.T) {
 	names, err := fs.Glob(fsys, "*.sql")
 	require.NoError(t, err)
 	sort.Strings(names)
-	require.Equal(t, []string{"00001_control.sql", "00002_biller.sql"}, names, "versioned files")
+	require.Equal(t, []string{"00001_control.sql", "00002_biller.sql", "00004_watermark.sql"}, names, "versioned files")
 	for _, name := range names {
 		b, err := fs.ReadFile(fsys, name)
 		require.NoError(t, err)
