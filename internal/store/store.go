@@ -196,7 +196,9 @@ type BillerCutover struct {
 // every source row of that biller and item type (at or after the cut-over
 // the watermark was computed under) has a control record that is not New.
 // A biller whose cut-over moved earlier than that is scanned from its
-// cut-over.
+// cut-over. Nothing in the port writes a New record; a tool that writes one
+// for a row below the watermark must follow it with a Full count (with a
+// lag) so the watermark comes down to it.
 type PendingCountParams struct {
 	Billers []BillerCutover
 	// Full scans from each biller's cut-over, ignoring the watermarks: the
@@ -232,9 +234,10 @@ type ControlClaimPendingParams struct {
 	BillerID  string
 	CutoverAt time.Time
 	// From, when set, is where the claim starts: the oldest pending
-	// created-at the publisher saw (a row committed later below it is seen
-	// by the next scan), or the last claimed created-at of the previous
-	// claim for the same announcement.
+	// created-at the publisher saw, or the last claimed created-at of the
+	// previous claim for the same announcement. A row committed later
+	// below From is seen by the next scan, or, when it is also below the
+	// watermark, by the next full one.
 	From  time.Time
 	Limit int
 	Owner string

@@ -47,6 +47,34 @@ func watermarkJoin(typeParam, fullParam int) string {
 				AND w.cutover_at <= b.cutover_at AND NOT $%d::boolean`, typeParam, fullParam)
 }
 
+// watermarkAdvance completes PendingCount's CTEs when it moves the
+// watermarks ($3 full, $lagParam the lag in microseconds): each scanned (biller,
+// item type) gets the earlier of its oldest pending created-at and the
+// lag before now. A regular count updates a watermark only if nobody
+// changed it since the count read it (its updated_at), so it cannot raise
+// one that a concurrent full sweep just lowered to a late row; a full
+// sweep writes unconditionally (what it computed holds on its own).
+func watermarkAdvance(lagParam int) string {
+	return fmt.Sprintf(`,
+		computed AS (
+			SELECT biller_id, item_type, cutover_at, read_updated_at,
+				least(coalesce(oldest, 'infinity'), now() - $%d::bigint * interval '1 microsecond') AS low
+			FROM per_type
+		), moved AS (
+			UPDATE datapump_watermark w
+			SET cutover_at = computed.cutover_at, low_created_at = computed.low, updated_at = clock_timestamp()
+			FROM computed
+			WHERE w.biller_id = computed.biller_id AND w.item_type = computed.item_type
+			  AND ($3::boolean OR w.updated_at = computed.read_updated_at)
+		), added AS (
+			INSERT INTO datapump_watermark (biller_id, item_type, cutover_at, low_created_at, updated_at)
+			SELECT biller_id, item_type, cutover_at, low, clock_timestamp()
+			FROM computed
+			WHERE read_updated_at IS NULL
+			ON CONFLICT (biller_id, item_type) DO NOTHING
+		)`, lagParam)
+}
+
 // PendingCount counts pending items per biller and finds the oldest one's
 // created-at, with one grouped query over every item type: billers and
 // their cut-overs are passed as arrays, and each (biller, item type) reads
@@ -61,7 +89,7 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 		return nil, fmt.Errorf("count pending: watermark_lag: %s must not be negative", p.WatermarkLag)
 	}
 	billers, cutovers := billerArrays(p.Billers)
-	args := []any{billers, cutovers, p.Full, micros(p.WatermarkLag)}
+	args := []any{billers, cutovers, p.Full}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
 		src := s.sources[itemType]
@@ -73,7 +101,8 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 			filter = src.typeFilter("s", len(args))
 		}
 		parts = append(parts, fmt.Sprintf(`
-			SELECT b.biller_id, b.cutover_at, $%[1]d::text AS item_type, p.n, p.oldest
+			SELECT b.biller_id, b.cutover_at, $%[1]d::text AS item_type, p.n, p.oldest,
+				(SELECT r.updated_at FROM datapump_watermark r WHERE r.biller_id = b.biller_id AND r.item_type = $%[1]d) AS read_updated_at
 			FROM b
 			%[2]s
 			CROSS JOIN LATERAL (
@@ -83,17 +112,13 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 			) p`,
 			typeParam, watermarkJoin(typeParam, 3), src.createdAt, src.table, src.biller, filter, pendingCondition(src, "s", typeParam)))
 	}
+	advance := ""
+	if p.WatermarkLag > 0 {
+		args = append(args, micros(p.WatermarkLag))
+		advance = watermarkAdvance(len(args))
+	}
 	q := `WITH b AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS b(biller_id, cutover_at)),
-		per_type AS (` + strings.Join(parts, " UNION ALL ") + `),
-		advance AS (
-			INSERT INTO datapump_watermark (biller_id, item_type, cutover_at, low_created_at, updated_at)
-			SELECT biller_id, item_type, cutover_at,
-				least(coalesce(oldest, 'infinity'), now() - $4 * interval '1 microsecond'), now()
-			FROM per_type
-			WHERE $4 > 0
-			ON CONFLICT (biller_id, item_type) DO UPDATE
-			SET cutover_at = excluded.cutover_at, low_created_at = excluded.low_created_at, updated_at = excluded.updated_at
-		)
+		per_type AS (` + strings.Join(parts, " UNION ALL ") + `)` + advance + `
 		SELECT biller_id, sum(n)::bigint, min(oldest) FROM per_type
 		GROUP BY biller_id HAVING sum(n) > 0 ORDER BY biller_id`
 	rows, err := s.pool.Query(ctx, q, args...)
