@@ -275,7 +275,7 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 		), locked AS (
 			SELECT c.item_type, c.item_id
 			FROM (SELECT * FROM cand ORDER BY item_type, item_id) k
-			CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE SKIP LOCKED")+`) c
+			CROSS JOIN LATERAL (` + lockByKey("FOR UPDATE SKIP LOCKED") + `) c
 			WHERE c.status = 'New'
 		), upd AS (
 			UPDATE datapump_control c
