@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -18,6 +19,8 @@ const MaxBodyBytes = 64 << 10
 // contract holds the compiled message schemas.
 type contract struct {
 	byName map[string]*jsonschema.Schema
+	// byItemType names the schema of each item type that has its own.
+	byItemType map[string]string
 }
 
 var loadContract = sync.OnceValues(func() (*contract, error) {
@@ -40,13 +43,16 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
 	}
-	out := &contract{byName: map[string]*jsonschema.Schema{}}
+	out := &contract{byName: map[string]*jsonschema.Schema{}, byItemType: map[string]string{}}
 	for _, name := range names {
 		s, err := c.Compile(name)
 		if err != nil {
 			return nil, fmt.Errorf("compile schema %s: %w", name, err)
 		}
 		out.byName[name] = s
+		if itemType, ok := strings.CutSuffix(name, "-"+schemas.ItemMessage); ok {
+			out.byItemType[itemType] = name
+		}
 	}
 	return out, nil
 })
@@ -54,6 +60,12 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 // validateBody checks a message body against the named schema file. The
 // error names the offending field.
 func validateBody(body []byte, schema string) error {
+	return validateBodyBy(body, func(any) []string { return []string{schema} })
+}
+
+// validateBodyBy parses body once and checks it against each schema file
+// pick names for the parsed document, in order.
+func validateBodyBy(body []byte, pick func(doc any) []string) error {
 	if len(body) > MaxBodyBytes {
 		return fmt.Errorf("%w: body: %d bytes exceeds the %d-byte limit", ErrInvalidMessage, len(body), MaxBodyBytes)
 	}
@@ -61,18 +73,38 @@ func validateBody(body []byte, schema string) error {
 	if err != nil {
 		return fmt.Errorf("load message schemas: %w", err)
 	}
-	s, ok := c.byName[schema]
-	if !ok {
-		return fmt.Errorf("no schema %s", schema)
-	}
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("%w: body is not JSON: %v", ErrInvalidMessage, err)
 	}
-	if err := s.Validate(doc); err != nil {
-		return fmt.Errorf("%w: %s", ErrInvalidMessage, validationText(err))
+	for _, name := range pick(doc) {
+		s, ok := c.byName[name]
+		if !ok {
+			return fmt.Errorf("no schema %s", name)
+		}
+		if err := s.Validate(doc); err != nil {
+			return fmt.Errorf("%w: %s", ErrInvalidMessage, validationText(err))
+		}
 	}
 	return nil
+}
+
+// itemSchemas names the schema an item message must meet: its item type's
+// own when it has one (which holds every constraint of the generic one,
+// see TestItemTypeSchemasHoldTheGenericOne), else the generic one.
+func itemSchemas(doc any) []string {
+	c, err := loadContract()
+	if err != nil {
+		return []string{schemas.ItemMessage}
+	}
+	if fields, ok := doc.(map[string]any); ok {
+		if itemType, ok := fields["itemType"].(string); ok {
+			if own, ok := c.byItemType[itemType]; ok {
+				return []string{own}
+			}
+		}
+	}
+	return []string{schemas.ItemMessage}
 }
 
 // validationText flattens a schema validation error to its leaf causes,

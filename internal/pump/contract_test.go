@@ -1,6 +1,8 @@
 package pump
 
 import (
+	"encoding/json"
+	"io/fs"
 	"strings"
 	"testing"
 	"time"
@@ -56,4 +58,41 @@ func TestSchemasRejectInvalidMessagesNamingTheField(t *testing.T) {
 	_, err = DecodeBillerMessage([]byte(`{"schemaVersion":1,"billerId":"b1","shard":"s1","pending":"many","publishedAt":"2026-01-01T00:00:00Z"}`))
 	require.ErrorIs(t, err, ErrInvalidMessage)
 	require.Contains(t, err.Error(), "/pending")
+}
+
+// TestItemTypeSchemasHoldTheGenericOne: an item type's own schema requires
+// every field the generic item schema requires and constrains each of its
+// properties alike (itemType only more narrowly), so a message that meets
+// its type's schema meets the generic one and is validated once.
+func TestItemTypeSchemasHoldTheGenericOne(t *testing.T) {
+	t.Parallel()
+	read := func(name string) map[string]any {
+		raw, err := schemas.Files.ReadFile(name)
+		require.NoError(t, err)
+		var doc map[string]any
+		require.NoError(t, json.Unmarshal(raw, &doc))
+		return doc
+	}
+	generic := read(schemas.ItemMessage)
+	names, err := fs.Glob(schemas.Files, "*-"+schemas.ItemMessage)
+	require.NoError(t, err)
+	require.NotEmpty(t, names)
+	for _, name := range names {
+		own := read(name)
+		require.Subset(t, own["required"], generic["required"], "%s requires what the generic schema requires", name)
+		require.Equal(t, generic["type"], own["type"], name)
+		ownProps := own["properties"].(map[string]any)
+		for prop, def := range generic["properties"].(map[string]any) {
+			require.Contains(t, ownProps, prop, "%s defines %s", name, prop)
+			if prop == "itemType" {
+				itemType := strings.TrimSuffix(name, "-"+schemas.ItemMessage)
+				require.Equal(t, map[string]any{"const": itemType}, ownProps[prop], "%s narrows itemType to its own", name)
+				continue
+			}
+			require.Equal(t, def, ownProps[prop], "%s constrains %s as the generic schema does", name, prop)
+		}
+		for _, key := range []string{"additionalProperties", "allOf", "anyOf", "oneOf", "not", "if"} {
+			require.Equal(t, generic[key], own[key], "%s: %s", name, key)
+		}
+	}
 }

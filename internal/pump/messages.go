@@ -144,16 +144,11 @@ func EncodeItemMessage(m ItemMessage, messageID string) (bus.Message, error) {
 // DecodeItemMessage parses and validates an item message body.
 func DecodeItemMessage(body []byte) (ItemMessage, error) {
 	var m ItemMessage
-	if err := validateBody(body, schemas.ItemMessage); err != nil {
+	if err := validateBodyBy(body, itemSchemas); err != nil {
 		return m, err
 	}
 	if err := decodeStrict(body, &m); err != nil {
 		return m, err
-	}
-	if specific := schemas.ItemMessageFor(m.ItemType); specific != schemas.ItemMessage {
-		if err := validateBody(body, specific); err != nil {
-			return m, err
-		}
 	}
 	return m, m.validate()
 }

@@ -75,3 +75,19 @@ func TestParseItemMessageID(t *testing.T) {
 		require.Error(t, err, bad)
 	}
 }
+
+// BenchmarkDecodeItemMessage measures what every item message costs the
+// item consumer before any database work: schema validation and decoding.
+func BenchmarkDecodeItemMessage(b *testing.B) {
+	created := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	m, err := EncodeItemMessage(ItemMessage{Shard: "shard1", ItemType: "payment", ItemID: 123456, BillerID: "b0042", Origin: OriginPoll, CreatedAt: &created}, "shard1:payment:123456")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeItemMessage(m.Body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
