@@ -226,7 +226,7 @@ func Default() Config {
 			MaxDeliveries:   20,
 		},
 		Publisher: PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500, ReconcileAfter: time.Minute,
-			WatermarkLag: 5 * time.Minute, FullSweepEvery: time.Hour},
+			WatermarkLag: time.Minute, FullSweepEvery: 15 * time.Minute},
 		BillerConsumer: BillerConsumerConfig{Concurrency: 4, Batch: 200, MaxItemsPerMessage: 2000, TimeBudget: 20 * time.Second, RetryDelay: 5 * time.Second},
 		ItemConsumer:   ItemConsumerConfig{Concurrency: 32, Lease: 2 * time.Minute, MaxAttempts: 8, RetryInitial: 2 * time.Second, RetryMax: 5 * time.Minute, Batch: 100},
 		CIS: CISConfig{

@@ -261,6 +261,10 @@ func Config(dir string, shards int) config.Config {
 	cfg.Publisher.Interval = 500 * time.Millisecond
 	cfg.Publisher.LeaseTTL = 5 * time.Second
 	cfg.Publisher.StuckAfter = 15 * time.Second
+	// The demo's writer commits each batch within milliseconds of its
+	// created-at, so a short lag covers it many times over and keeps every
+	// round's scan to the last two seconds of rows plus what is pending.
+	cfg.Publisher.WatermarkLag = 2 * time.Second
 	cfg.BillerConsumer.Batch = 250
 	cfg.BillerConsumer.MaxItemsPerMessage = 1000
 	cfg.ItemConsumer.Concurrency = 64
