@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/datapump/datapump/internal/catalog"
+	"github.com/datapump/datapump/internal/demo"
 	"github.com/datapump/datapump/internal/items"
 	"github.com/datapump/datapump/internal/store"
 	"github.com/datapump/datapump/internal/store/postgres"
@@ -18,28 +19,40 @@ import (
 
 // CeilingResult is what the raw SQL ceiling measured.
 type CeilingResult struct {
-	Items     int     `json:"items"`
-	Processed int     `json:"processed"`
+	Items     int `json:"items"`
+	Processed int `json:"processed"`
+	// ClaimSize is how many pending items one claim takes (the biller
+	// consumer's batch); ItemBatch how many items one item statement names
+	// (the item consumer's batch limit); Workers how many item batches are
+	// in flight at once.
 	ClaimSize int     `json:"claim_size"`
+	ItemBatch int     `json:"item_batch"`
 	Workers   int     `json:"workers"`
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
 }
 
-// ceilingClaim is how many items one pending claim takes.
-const ceilingClaim = 1000
+// Ceiling sizes: the pump's own batch sizes (demo.Config, which the pump
+// benchmark runs with) and enough item batches in flight to keep both
+// cores busy.
+const (
+	ceilingClaimers = 4 // the biller consumer's concurrency
+	ceilingWorkers  = 8
+)
 
-// RunCeiling issues the pump's own per-item statements on PostgreSQL, as
-// fast as they go, with no bus and no CIS: per biller, claims of up to
-// ceilingClaim pending items (insert Fetched) and their Fetched → Queued
-// update; per item, with opts.Concurrency workers, the Processing claim, the
-// enrichment read and the Processed update. It goes through the store port,
+// RunCeiling issues the pump's own statements on PostgreSQL, as fast as
+// they go, with no bus and no CIS: per biller, claims of pending items
+// (insert Fetched) and their Fetched → Queued update, as the biller
+// consumer does; then, in batches of the item consumer's size, the
+// Processing claim, the enrichment read and the Processed update, as the
+// item consumer's coalesced statements do. It goes through the store port,
 // on opts.Shards fresh schemas with the same connection limit as the pump.
 func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 	if err := opts.normalize(); err != nil {
 		return CeilingResult{}, err
 	}
-	res := CeilingResult{Items: opts.Items, ClaimSize: ceilingClaim, Workers: opts.Concurrency}
+	pumpCfg := demo.Config("", 1)
+	res := CeilingResult{Items: opts.Items, ClaimSize: pumpCfg.BillerConsumer.Batch, ItemBatch: pumpCfg.ItemConsumer.Batch, Workers: ceilingWorkers}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	env, err := newPostgresEnv(ctx, opts.PostgresDSN, "")
@@ -67,46 +80,32 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 		return res, err
 	}
 
-	type work struct {
-		st store.Store
-		c  store.Claimed
+	// Claimed items travel to the item workers in batches of one shard.
+	type batch struct {
+		st    store.Store
+		items []store.Claimed
 	}
-	queue := make(chan work, 4*ceilingClaim)
+	queue := make(chan batch, 4*ceilingWorkers)
 	var processed atomic.Int64
 	bar := newBar(opts.Progress, opts.Items, "ceiling: processed")
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	var claimers sync.WaitGroup
 	billerCh := make(chan catalog.Biller)
-	// As many claimers as the pump's biller consumer runs by default.
-	for range 4 {
+	for range ceilingClaimers {
 		claimers.Add(1)
 		g.Go(func() error {
 			defer claimers.Done()
 			for b := range billerCh {
-				st := shards[b.Shard]
-				for {
-					claimed, err := st.ControlClaimPending(gctx, store.ControlClaimPendingParams{BillerID: b.ID, CutoverAt: b.CutoverAt, Limit: ceilingClaim, Owner: "bench"})
-					if err != nil {
-						return err
+				if err := ceilingDrain(gctx, shards[b.Shard], b, res.ClaimSize, res.ItemBatch, func(items []store.Claimed) error {
+					select {
+					case queue <- batch{st: shards[b.Shard], items: items}:
+						return nil
+					case <-gctx.Done():
+						return gctx.Err()
 					}
-					if len(claimed) == 0 {
-						break
-					}
-					fenced := make([]store.Fenced, len(claimed))
-					for i, c := range claimed {
-						fenced[i] = store.Fenced{ItemKey: c.ItemKey, Version: c.Version}
-					}
-					if _, err := st.ControlMarkQueued(gctx, fenced); err != nil {
-						return err
-					}
-					for _, c := range claimed {
-						select {
-						case queue <- work{st: st, c: c}:
-						case <-gctx.Done():
-							return gctx.Err()
-						}
-					}
+				}); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -124,28 +123,14 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 		return nil
 	})
 	go func() { claimers.Wait(); close(queue) }()
-	for range opts.Concurrency {
+	for range ceilingWorkers {
 		g.Go(func() error {
-			for w := range queue {
-				ic, err := w.st.ControlClaimItem(gctx, store.ControlClaimItemParams{Key: w.c.ItemKey, BillerID: w.c.BillerID, Owner: "bench", Lease: time.Minute})
-				if err != nil {
+			for b := range queue {
+				if err := ceilingProcess(gctx, b.st, b.items); err != nil {
 					return err
 				}
-				if ic.Outcome != store.ClaimAcquired {
-					return fmt.Errorf("claim %s: %s", w.c.ItemKey, ic.Outcome)
-				}
-				if _, err := w.st.ItemEnrich(gctx, w.c.ItemKey); err != nil {
-					return err
-				}
-				ok, err := w.st.ControlFinish(gctx, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: w.c.ItemKey, Version: ic.Control.Version}, Status: store.StatusProcessed})
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return fmt.Errorf("finish %s: claim lost", w.c.ItemKey)
-				}
-				n := processed.Add(1)
-				if bar != nil && n%500 == 0 {
+				n := processed.Add(int64(len(b.items)))
+				if bar != nil {
 					bar.Set(int(n)) //nolint:errcheck // display only
 				}
 			}
@@ -166,6 +151,81 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 	res.ElapsedS = elapsed.Seconds()
 	res.ItemsPerS = float64(res.Processed) / elapsed.Seconds()
 	return res, nil
+}
+
+// ceilingDrain claims a biller's pending items as the biller consumer
+// does (each claim starting where the last one ended), marks them Queued,
+// and hands them on in item batches.
+func ceilingDrain(ctx context.Context, st store.Store, b catalog.Biller, claimSize, itemBatch int, send func([]store.Claimed) error) error {
+	var from time.Time
+	for {
+		claimed, err := st.ControlClaimPending(ctx, store.ControlClaimPendingParams{BillerID: b.ID, CutoverAt: b.CutoverAt, From: from, Limit: claimSize, Owner: "bench"})
+		if err != nil {
+			return err
+		}
+		if len(claimed) == 0 {
+			return nil
+		}
+		from = claimed[len(claimed)-1].SourceCreatedAt
+		fenced := make([]store.Fenced, len(claimed))
+		for i, c := range claimed {
+			fenced[i] = store.Fenced{ItemKey: c.ItemKey, Version: c.Version}
+		}
+		if _, err := st.ControlMarkQueued(ctx, fenced); err != nil {
+			return err
+		}
+		for len(claimed) > 0 {
+			n := min(itemBatch, len(claimed))
+			if err := send(claimed[:n]); err != nil {
+				return err
+			}
+			claimed = claimed[n:]
+		}
+	}
+}
+
+// ceilingProcess claims, enriches and finishes one batch of items with the
+// item consumer's batch statements.
+func ceilingProcess(ctx context.Context, st store.Store, items []store.Claimed) error {
+	ps := make([]store.ControlClaimItemParams, len(items))
+	keys := make([]store.ItemKey, len(items))
+	for i, c := range items {
+		ps[i] = store.ControlClaimItemParams{Key: c.ItemKey, BillerID: c.BillerID, Owner: "bench", Lease: time.Minute}
+		keys[i] = c.ItemKey
+	}
+	claims, err := st.ControlClaimBatch(ctx, ps)
+	if err != nil {
+		return err
+	}
+	finish := make([]store.ControlFinishParams, len(items))
+	for i, c := range claims {
+		if c.Err != nil {
+			return c.Err
+		}
+		if c.Outcome != store.ClaimAcquired {
+			return fmt.Errorf("claim %s: %s", keys[i], c.Outcome)
+		}
+		finish[i] = store.ControlFinishParams{Fenced: store.Fenced{ItemKey: keys[i], Version: c.Control.Version}, Status: store.StatusProcessed}
+	}
+	rows, err := st.ItemEnrichBatch(ctx, keys)
+	if err != nil {
+		return err
+	}
+	for i, r := range rows {
+		if r.Err != nil {
+			return fmt.Errorf("enrich %s: %w", keys[i], r.Err)
+		}
+	}
+	ok, err := st.ControlFinishBatch(ctx, finish)
+	if err != nil {
+		return err
+	}
+	for i, held := range ok {
+		if !held {
+			return fmt.Errorf("finish %s: claim lost", keys[i])
+		}
+	}
+	return nil
 }
 
 // openPostgresShard opens a migrated shard store with the demo source

@@ -206,7 +206,7 @@ func ratio(a, b float64) float64 {
 
 func printCeilingResult(w io.Writer, r bench.CeilingResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "raw SQL ceiling (postgres, claims of %d, %d workers)\t\n", r.ClaimSize, r.Workers)
+	fmt.Fprintf(tw, "raw SQL ceiling (postgres, claims of %d, item batches of %d, %d in flight)\t\n", r.ClaimSize, r.ItemBatch, r.Workers)
 	fmt.Fprintf(tw, "  processed\t%d of %d\n", r.Processed, r.Items)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
@@ -215,11 +215,11 @@ func printCeilingResult(w io.Writer, r bench.CeilingResult) {
 
 func printPollingResult(w io.Writer, r bench.PollingResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "history\tpending scan\tbiller claim\tseeding\n")
+	fmt.Fprintf(tw, "history\tpending scan\tbiller claim\tfull sweep\tseeding\n")
 	for _, p := range r.Points {
-		fmt.Fprintf(tw, "%d\t%.2f ms\t%.2f ms\t%.1f s\n", p.History, p.PendingCountMs, p.ClaimMs, p.SeedS)
+		fmt.Fprintf(tw, "%d\t%.2f ms\t%.2f ms\t%.2f ms\t%.1f s\n", p.History, p.PendingCountMs, p.ClaimMs, p.FullSweepMs, p.SeedS)
 	}
-	fmt.Fprintf(tw, "largest/smallest\t%.2f×\t%.2f×\t\n", r.PendingCountRatio, r.ClaimRatio)
+	fmt.Fprintf(tw, "largest/smallest\t%.2f×\t%.2f×\t\t\n", r.PendingCountRatio, r.ClaimRatio)
 	tw.Flush()
 }
 

@@ -95,6 +95,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Schema != "" {
 		pcfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{cfg.Schema}.Sanitize()
 	}
+	// Every statement of the pump is a short index-driven one; JIT
+	// compilation (on by default since PostgreSQL 12, triggered by the
+	// planner's cost estimate) costs it tens to hundreds of milliseconds
+	// per execution whenever an estimate runs high. A DSN may still turn
+	// it on explicitly.
+	if _, set := pcfg.ConnConfig.RuntimeParams["jit"]; !set {
+		pcfg.ConnConfig.RuntimeParams["jit"] = "off"
+	}
 	if cfg.MaxConns > 0 {
 		pcfg.MaxConns = cfg.MaxConns
 	}

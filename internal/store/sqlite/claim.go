@@ -265,53 +265,21 @@ RETURNING ` + controlColumns
 // Processing record whose lease has expired (a takeover, which counts as a
 // failed attempt), becomes Processing for Owner with a new version; with
 // InsertIfAbsent, an item without a record gets one as Processing, or
-// store.ErrNotFound if its source row does not exist.
+// store.ErrNotFound if its source row does not exist. An unknown item type
+// (store.ErrUnknownItemType) or a lease that is not positive fails before
+// the transaction.
 func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemParams) (store.ItemClaim, error) {
+	src, err := s.claimCheck(p)
+	if err != nil {
+		return store.ItemClaim{}, err
+	}
 	var claim store.ItemClaim
-	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+	err = s.inWrite(ctx, func(tx *sql.Tx) error {
 		now, err := txNow(ctx, tx)
 		if err != nil {
 			return err
 		}
-		cur, err := scanControl(tx.QueryRowContext(ctx,
-			`SELECT `+controlColumns+` FROM datapump_control WHERE item_type = :type AND item_id = :id`,
-			sql.Named("type", p.Key.ItemType), sql.Named("id", p.Key.ItemID)))
-		if errors.Is(err, sql.ErrNoRows) {
-			claim, err = s.claimAbsent(ctx, tx, p, now)
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		claim = store.ItemClaim{Control: cur}
-		takeover := 0
-		nowTime := time.UnixMilli(now).UTC()
-		switch cur.Status {
-		case store.StatusNew:
-			claim.Outcome = store.ClaimAbsent
-			return nil
-		case store.StatusProcessed, store.StatusFailed, store.StatusSkipped:
-			claim.Outcome = store.ClaimDone
-			return nil
-		case store.StatusProcessing:
-			if cur.LeaseUntil.After(nowTime) {
-				claim.Outcome, claim.RetryAt = store.ClaimBusy, cur.LeaseUntil
-				return nil
-			}
-			takeover = 1
-		case store.StatusFetched, store.StatusQueued:
-			if cur.NextAttemptAt.After(nowTime) {
-				claim.Outcome, claim.RetryAt = store.ClaimNotYet, cur.NextAttemptAt
-				return nil
-			}
-		default:
-			return fmt.Errorf("unknown status %q", cur.Status)
-		}
-		claim.Control, err = scanControl(tx.QueryRowContext(ctx, claimItemSQL,
-			sql.Named("owner", p.Owner), sql.Named("takeover", takeover), sql.Named("now", now),
-			sql.Named("lease", durationMS(p.Lease)), sql.Named("type", p.Key.ItemType),
-			sql.Named("id", p.Key.ItemID), sql.Named("version", cur.Version)))
-		claim.Outcome = store.ClaimAcquired
+		claim, err = claimItem(ctx, tx, now, src, p)
 		return err
 	})
 	if err != nil {
@@ -320,14 +288,81 @@ func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemPa
 	return claim, nil
 }
 
-// claimAbsent handles an item without a control record.
-func (s *Store) claimAbsent(ctx context.Context, tx *sql.Tx, p store.ControlClaimItemParams, now int64) (store.ItemClaim, error) {
-	if !p.InsertIfAbsent {
-		return store.ItemClaim{Outcome: store.ClaimAbsent}, nil
-	}
+// claimCheck checks what a claim can be refused for without the database:
+// the item type's source, and a positive lease.
+func (s *Store) claimCheck(p store.ControlClaimItemParams) (*source, error) {
 	src, err := s.source(p.Key.ItemType)
 	if err != nil {
+		return nil, fmt.Errorf("claim item %s: %w", p.Key, err)
+	}
+	if p.Lease <= 0 {
+		return nil, fmt.Errorf("claim item %s: lease: %s must be positive", p.Key, p.Lease)
+	}
+	return src, nil
+}
+
+// itemError is a claim's problem with its own item, met inside a write
+// transaction that it leaves as it was: the source row to insert a record
+// for is missing or its created-at does not parse. A batch records it as
+// that item's result and goes on with the others; every other error fails
+// the transaction.
+type itemError struct{ err error }
+
+func (e itemError) Error() string { return e.err.Error() }
+func (e itemError) Unwrap() error { return e.err }
+
+// claimItem claims one item inside tx at now (unix milliseconds, read once
+// per transaction): ControlClaimItem runs it alone, ControlClaimBatch once
+// per item in one transaction.
+func claimItem(ctx context.Context, tx *sql.Tx, now int64, src *source, p store.ControlClaimItemParams) (store.ItemClaim, error) {
+	cur, err := scanControl(tx.QueryRowContext(ctx,
+		`SELECT `+controlColumns+` FROM datapump_control WHERE item_type = :type AND item_id = :id`,
+		sql.Named("type", p.Key.ItemType), sql.Named("id", p.Key.ItemID)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return claimAbsent(ctx, tx, src, p, now)
+	}
+	if err != nil {
 		return store.ItemClaim{}, err
+	}
+	claim := store.ItemClaim{Control: cur}
+	takeover := 0
+	nowTime := time.UnixMilli(now).UTC()
+	switch cur.Status {
+	case store.StatusNew:
+		claim.Outcome = store.ClaimAbsent
+		return claim, nil
+	case store.StatusProcessed, store.StatusFailed, store.StatusSkipped:
+		claim.Outcome = store.ClaimDone
+		return claim, nil
+	case store.StatusProcessing:
+		if cur.LeaseUntil.After(nowTime) {
+			claim.Outcome, claim.RetryAt = store.ClaimBusy, cur.LeaseUntil
+			return claim, nil
+		}
+		takeover = 1
+	case store.StatusFetched, store.StatusQueued:
+		if cur.NextAttemptAt.After(nowTime) {
+			claim.Outcome, claim.RetryAt = store.ClaimNotYet, cur.NextAttemptAt
+			return claim, nil
+		}
+	default:
+		return store.ItemClaim{}, fmt.Errorf("unknown status %q", cur.Status)
+	}
+	claim.Control, err = scanControl(tx.QueryRowContext(ctx, claimItemSQL,
+		sql.Named("owner", p.Owner), sql.Named("takeover", takeover), sql.Named("now", now),
+		sql.Named("lease", durationMS(p.Lease)), sql.Named("type", p.Key.ItemType),
+		sql.Named("id", p.Key.ItemID), sql.Named("version", cur.Version)))
+	if err != nil {
+		return store.ItemClaim{}, err
+	}
+	claim.Outcome = store.ClaimAcquired
+	return claim, nil
+}
+
+// claimAbsent handles an item without a control record.
+func claimAbsent(ctx context.Context, tx *sql.Tx, src *source, p store.ControlClaimItemParams, now int64) (store.ItemClaim, error) {
+	if !p.InsertIfAbsent {
+		return store.ItemClaim{Outcome: store.ClaimAbsent}, nil
 	}
 	row, err := src.read(ctx, tx, p.Key)
 	if err != nil {
@@ -353,20 +388,22 @@ type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// read reads the biller and created-at of one source row.
+// read reads the biller and created-at of one source row. A missing row
+// and a created-at that does not parse are itemErrors: the read left the
+// transaction it ran in as it was.
 func (c *source) read(ctx context.Context, q queryer, key store.ItemKey) (store.SourceRow, error) {
 	args := append([]any{sql.Named("id", key.ItemID)}, c.args()...)
 	var biller, created any
 	err := q.QueryRowContext(ctx, c.row, args...).Scan(&biller, &created)
 	if errors.Is(err, sql.ErrNoRows) {
-		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, store.ErrNotFound)
+		return store.SourceRow{}, itemError{fmt.Errorf("source row %s: %w", key, store.ErrNotFound)}
 	}
 	if err != nil {
 		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, err)
 	}
 	t, err := parseSourceTime(created)
 	if err != nil {
-		return store.SourceRow{}, fmt.Errorf("source row %s: %w", key, err)
+		return store.SourceRow{}, itemError{fmt.Errorf("source row %s: %w", key, err)}
 	}
 	return store.SourceRow{ItemKey: key, BillerID: fmt.Sprint(biller), CreatedAt: t}, nil
 }
@@ -381,15 +418,22 @@ func (s *Store) ItemSource(ctx context.Context, key store.ItemKey) (store.Source
 	return src.read(ctx, s.read, key)
 }
 
-// ItemEnrich runs the item type's enrichment query for one item and
-// returns its first row by column name (TEXT as string, INTEGER as int64,
-// REAL as float64, BLOB as []byte); store.ErrRelatedMissing if it finds none.
+// ItemEnrich runs the item type's enrichment query for one item on the
+// read pool and returns its first row by column name (TEXT as string,
+// INTEGER as int64, REAL as float64, BLOB as []byte);
+// store.ErrRelatedMissing if it finds none.
 func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]any, error) {
 	src, err := s.source(key.ItemType)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	rows, err := s.read.QueryContext(ctx, src.enrich, key.ItemID)
+	return src.enrichRow(ctx, s.read, key)
+}
+
+// enrichRow runs the source's enrichment query for key on q: the read
+// pool for ItemEnrich, one read transaction for ItemEnrichBatch.
+func (c *source) enrichRow(ctx context.Context, q queryer, key store.ItemKey) (map[string]any, error) {
+	rows, err := q.QueryContext(ctx, c.enrich, key.ItemID)
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}

@@ -104,18 +104,27 @@ func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (in
 }
 
 // fencedUpdate runs a conditional update of one Processing record at its
-// version and reports whether it changed.
+// version in its own BEGIN IMMEDIATE transaction and reports whether it
+// changed.
 func (s *Store) fencedUpdate(ctx context.Context, query string, f store.Fenced, args ...any) (bool, error) {
-	args = append(args, sql.Named("type", f.ItemType), sql.Named("id", f.ItemID), sql.Named("version", f.Version))
-	var n int64
+	var ok bool
 	err := s.inWrite(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, query, args...)
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
+		var err error
+		ok, err = fencedExec(ctx, tx, query, f, args...)
 		return err
 	})
+	return ok, err
+}
+
+// fencedExec runs a conditional update of one Processing record at its
+// version inside tx and reports whether it changed.
+func fencedExec(ctx context.Context, tx *sql.Tx, query string, f store.Fenced, args ...any) (bool, error) {
+	args = append(args, sql.Named("type", f.ItemType), sql.Named("id", f.ItemID), sql.Named("version", f.Version))
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
 	return n == 1, err
 }
 
@@ -143,14 +152,33 @@ const finishSQL = `UPDATE datapump_control SET
 // ControlFinish ends a claim as Processed or Failed; false means the caller
 // no longer held it and nothing changed.
 func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
-	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-		return false, fmt.Errorf("finish %s: status %q is not Processed or Failed", p.ItemKey, p.Status)
+	if err := finishCheck(p); err != nil {
+		return false, err
 	}
-	ok, err := s.fencedUpdate(ctx, finishSQL, p.Fenced, sql.Named("status", string(p.Status)), sql.Named("error", p.Error))
+	var ok bool
+	err := s.inWrite(ctx, func(tx *sql.Tx) error {
+		var err error
+		ok, err = finish(ctx, tx, p)
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("finish %s: %w", p.ItemKey, err)
 	}
 	return ok, nil
+}
+
+// finishCheck refuses a finish to any status but Processed or Failed.
+func finishCheck(p store.ControlFinishParams) error {
+	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
+		return fmt.Errorf("finish %s: status %q is not Processed or Failed", p.ItemKey, p.Status)
+	}
+	return nil
+}
+
+// finish ends one claim inside tx: ControlFinish runs it alone,
+// ControlFinishBatch once per claim in one transaction.
+func finish(ctx context.Context, tx *sql.Tx, p store.ControlFinishParams) (bool, error) {
+	return fencedExec(ctx, tx, finishSQL, p.Fenced, sql.Named("status", string(p.Status)), sql.Named("error", p.Error))
 }
 
 const releaseSQL = `UPDATE datapump_control SET

@@ -209,6 +209,28 @@ func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (in
 // changed under it before giving up.
 const claimAttempts = 10
 
+// claimSet is the SET list of a claim, shared by the one-item and the
+// batch claim: Processing for owner until leaseMS milliseconds after @now
+// (both SQL expressions), with a new version, and one more attempt for a
+// takeover of an expired lease. c qualifies the record's columns in the
+// expressions ("" or an alias and a dot); SET expressions read the
+// pre-update row.
+func claimSet(c, owner, leaseMS string) string {
+	return `SET status = N'Processing', version = ` + c + `version + 1, owner = ` + owner + `,
+    attempts = CASE WHEN ` + c + `status = N'Processing' THEN ` + c + `attempts + 1 ELSE ` + c + `attempts END,
+    lease_until = DATEADD(millisecond, ` + leaseMS + `, @now), next_attempt_at = NULL,
+    processing_at = @now, updated_at = @now`
+}
+
+// claimable is when a record (columns qualified with c, as in claimSet)
+// can be claimed at @now: Queued or Fetched whose retry time has come, or
+// Processing whose lease has expired. classifyClaim says why a record
+// outside it is not claimable.
+func claimable(c string) string {
+	return `((` + c + `status IN (N'Queued', N'Fetched') AND (` + c + `next_attempt_at IS NULL OR ` + c + `next_attempt_at <= @now))
+    OR (` + c + `status = N'Processing' AND ` + c + `lease_until <= @now))`
+}
+
 // claimItemSQL is the item consumer's claim: one conditional UPDATE by
 // primary key — Queued or Fetched whose retry time has come, or Processing
 // whose lease has expired (a takeover, counted as an attempt) — to
@@ -229,15 +251,11 @@ func (s *Store) claimItemSQL(p store.ControlClaimItemParams, leaseMS int32) (str
 ` + declareNow + `
 DECLARE @out TABLE (` + controlTableVar + `);
 UPDATE ` + s.t.control + `
-SET status = N'Processing', version = version + 1, owner = ` + a.add(p.Owner) + `,
-    attempts = CASE WHEN status = N'Processing' THEN attempts + 1 ELSE attempts END,
-    lease_until = DATEADD(millisecond, ` + a.add(leaseMS) + `, @now), next_attempt_at = NULL,
-    processing_at = @now, updated_at = @now
+` + claimSet("", a.add(p.Owner), a.add(leaseMS)) + `
 OUTPUT ` + prefixed("inserted") + `
 INTO @out
 WHERE item_type = ` + typ + ` AND item_id = ` + id + `
-  AND ((status IN (N'Queued', N'Fetched') AND (next_attempt_at IS NULL OR next_attempt_at <= @now))
-    OR (status = N'Processing' AND lease_until <= @now));
+  AND ` + claimable("") + `;
 SELECT CAST(1 AS bit) AS acquired, @now AS now, ` + controlColumns + ` FROM @out
 UNION ALL
 SELECT CAST(0 AS bit), @now, ` + controlColumns + ` FROM ` + s.t.control + `
@@ -282,16 +300,9 @@ SELECT ` + controlColumns + ` FROM @out;`
 // record as it stands are one batch; when the read shows a record the
 // update should have taken (it changed in between), the claim is tried again.
 func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemParams) (store.ItemClaim, error) {
-	src, err := s.source(p.Key.ItemType)
+	src, leaseMS, err := s.claimCheck(p)
 	if err != nil {
-		return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
-	}
-	if p.Lease <= 0 {
-		return store.ItemClaim{}, fmt.Errorf("claim item %s: lease: %s must be positive", p.Key, p.Lease)
-	}
-	leaseMS, err := millis("lease", p.Lease)
-	if err != nil {
-		return store.ItemClaim{}, fmt.Errorf("claim item %s: %w", p.Key, err)
+		return store.ItemClaim{}, err
 	}
 	for range claimAttempts {
 		claim, settled, err := s.claimExisting(ctx, p, leaseMS)
@@ -313,6 +324,25 @@ func (s *Store) ControlClaimItem(ctx context.Context, p store.ControlClaimItemPa
 		return claim, nil
 	}
 	return store.ItemClaim{}, fmt.Errorf("claim item %s: record kept changing during %d attempts", p.Key, claimAttempts)
+}
+
+// claimCheck checks what a claim can be refused for without the database,
+// for ControlClaimItem and each item of ControlClaimBatch: the item type's
+// source (store.ErrUnknownItemType), and a lease that is positive and fits
+// DATEADD's milliseconds, which it returns.
+func (s *Store) claimCheck(p store.ControlClaimItemParams) (*source, int32, error) {
+	src, err := s.source(p.Key.ItemType)
+	if err != nil {
+		return nil, 0, fmt.Errorf("claim item %s: %w", p.Key, err)
+	}
+	if p.Lease <= 0 {
+		return nil, 0, fmt.Errorf("claim item %s: lease: %s must be positive", p.Key, p.Lease)
+	}
+	leaseMS, err := millis("lease", p.Lease)
+	if err != nil {
+		return nil, 0, fmt.Errorf("claim item %s: %w", p.Key, err)
+	}
+	return src, leaseMS, nil
 }
 
 // claimExisting tries the conditional update. settled is false when the
@@ -348,8 +378,16 @@ func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParam
 	if acquired {
 		return store.ItemClaim{Outcome: store.ClaimAcquired, Control: c}, true, nil
 	}
+	claim, settled := classifyClaim(c, now)
+	return claim, settled, nil
+}
+
+// classifyClaim says why a record a claim did not take was not claimable
+// at now (the statement's @now); settled is false when it looks claimable:
+// it changed while the claim ran.
+func classifyClaim(c store.Control, now time.Time) (claim store.ItemClaim, settled bool) {
 	now = now.UTC()
-	claim := store.ItemClaim{Control: c}
+	claim = store.ItemClaim{Control: c}
 	switch {
 	case c.Status == store.StatusNew:
 		claim.Outcome = store.ClaimAbsent
@@ -360,9 +398,9 @@ func (s *Store) claimExisting(ctx context.Context, p store.ControlClaimItemParam
 	case (c.Status == store.StatusQueued || c.Status == store.StatusFetched) && c.NextAttemptAt.After(now):
 		claim.Outcome, claim.RetryAt = store.ClaimNotYet, c.NextAttemptAt
 	default:
-		return store.ItemClaim{}, false, nil
+		return store.ItemClaim{}, false
 	}
-	return claim, true, nil
+	return claim, true
 }
 
 // claimInsert inserts a Processing record for an item without one. settled
@@ -430,6 +468,19 @@ func (s *Store) ControlExtendLease(ctx context.Context, f store.Fenced, lease ti
 	return n == 1, nil
 }
 
+// finishSet is the SET list that ends a held claim, shared by the one-item
+// and the batch finish: status (an SQL expression, 'Processed' or
+// 'Failed'), a new version, no lease, and lastError (an SQL expression)
+// as the last error unless it is NULL, which keeps the one there. c
+// qualifies the record's columns in the expressions ("" or an alias and a
+// dot).
+func finishSet(c, status, lastError string) string {
+	return `SET status = ` + status + `, version = ` + c + `version + 1, lease_until = NULL, updated_at = @now,
+    last_error = COALESCE(` + lastError + `, ` + c + `last_error),
+    processed_at = CASE WHEN ` + status + ` = N'Processed' THEN @now END,
+    failed_at = CASE WHEN ` + status + ` = N'Failed' THEN @now END`
+}
+
 // finishSQL ends a held claim as Processed or Failed, keeping the last
 // error unless a new one is given. Locking review: one clustered-key seek.
 func (s *Store) finishSQL(p store.ControlFinishParams) (string, params) {
@@ -442,20 +493,25 @@ func (s *Store) finishSQL(p store.ControlFinishParams) (string, params) {
 	q := `SET NOCOUNT ON;
 ` + declareNow + `
 UPDATE ` + s.t.control + `
-SET status = ` + status + `, version = version + 1, lease_until = NULL, updated_at = @now,
-    last_error = COALESCE(` + a.add(lastError) + `, last_error),
-    processed_at = CASE WHEN ` + status + ` = N'Processed' THEN @now END,
-    failed_at = CASE WHEN ` + status + ` = N'Failed' THEN @now END
+` + finishSet("", status, a.add(lastError)) + `
 ` + whereHeld(&a, p.Fenced) + `
 SELECT @@ROWCOUNT;`
 	return q, a
 }
 
+// finishCheck refuses a finish to any status but Processed or Failed.
+func finishCheck(p store.ControlFinishParams) error {
+	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
+		return fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+	}
+	return nil
+}
+
 // ControlFinish ends a Processing claim as Processed or Failed; false means
 // the caller no longer held it and nothing changed.
 func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
-	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-		return false, fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+	if err := finishCheck(p); err != nil {
+		return false, err
 	}
 	q, args := s.finishSQL(p)
 	n, err := s.rowCount(ctx, q, args)

@@ -75,6 +75,21 @@ func (s *Store) watermarkJoin(itemType, full, indent string) string {
 ` + indent + ` AND w.cutover_at <= b.cutover_at AND ` + full + ` = 0`
 }
 
+// watermarkRead is the pending count's read of the watermarks: it joins
+// each biller of the CTE b to its watermark row r for the item type in
+// placeholder itemType, by key whatever its cut-over, and derives from that
+// one read w, the watermark the scan may start from as watermarkJoin has
+// it (NULL when placeholder full is set, when r was computed under a later
+// cut-over than the biller's now, or without a row). r's updated_at and
+// low_created_at go into @scan as the version of the row the scan started
+// from, which the advance compares with (see pendingCountSQL); reading them
+// in a second probe could see a newer row than the scan started from.
+func (s *Store) watermarkRead(itemType, full string) string {
+	return `LEFT JOIN ` + s.t.watermark + ` AS r
+  ON r.biller_id = b.biller_id COLLATE Latin1_General_100_BIN2 AND r.item_type = ` + itemType + `
+CROSS APPLY (SELECT CASE WHEN r.cutover_at <= b.cutover_at AND ` + full + ` = 0 THEN r.low_created_at END AS low_created_at) AS w`
+}
+
 // scanFrom is where the pending scan of one biller and item type starts:
 // at start, or at its watermark w when that is later (w is NULL without
 // one). T-SQL has GREATEST only from SQL Server 2022; a CASE of the outer
@@ -83,11 +98,14 @@ func scanFrom(start string) string {
 	return `CASE WHEN w.low_created_at > ` + start + ` THEN w.low_created_at ELSE ` + start + ` END`
 }
 
-// scanTableVar declares @scan, one row per scanned biller and item type.
+// scanTableVar declares @scan, one row per scanned biller and item type,
+// with the updated_at and low_created_at of its watermark row as the scan
+// read it (NULL without one).
 const scanTableVar = `DECLARE @scan TABLE (
     biller_id nvarchar(128) COLLATE Latin1_General_100_BIN2 NOT NULL,
     item_type nvarchar(64) COLLATE Latin1_General_100_BIN2 NOT NULL,
     cutover_at datetime2(7) NOT NULL, pending bigint NOT NULL, oldest datetime2(7) NULL,
+    read_updated_at datetime2(3) NULL, read_low_created_at datetime2(7) NULL,
     PRIMARY KEY (biller_id, item_type)
 );`
 
@@ -104,22 +122,36 @@ const watermarkLow = `CASE WHEN sc.oldest < @horizon THEN sc.oldest ELSE @horizo
 // datapump_control's primary key, into @scan. With a positive lag the batch
 // then moves every scanned watermark to the oldest pending created-at or to
 // lag before the database clock, whichever is earlier, recording the
-// cut-over it ran under: an UPDATE of the existing watermarks, then an
+// cut-over it ran under: an UPDATE of the existing watermarks (for a
+// regular count, only of those unchanged since its scan read them), then an
 // insert of the missing ones.
 //
 // Locking review: the scan is a read; the source tables with
 // sourceReadHints (no blocking on the applications' open inserts, no dirty
-// reads), the watermarks with a plain read by key. The advance runs outside
-// a transaction, each statement committing on its own: the UPDATE seeks
-// the watermark key from @scan (FORCESEEK, in key order) and holds its
-// exclusive key locks only while it runs; the insert checks each key WITH
-// (UPDLOCK, HOLDLOCK), so a concurrent advancer inserting the same key waits
-// and then skips it instead of failing on the duplicate. The insert is not
-// a MERGE, which without HOLDLOCK is not atomic. The last advancer's
-// watermark wins, as in the other adapters; the publisher's lease keeps to
-// one advancer at a time. A batch that fails half way leaves some
-// watermarks where they were, which is safe, and is run again whole when it
-// was a deadlock victim.
+// reads), the watermarks with a plain read by key (watermarkRead), whose
+// updated_at and low_created_at it keeps in @scan. The advance runs outside
+// a transaction, each statement committing on its own, so another count can
+// write a watermark between this one's scan and its advance: a full sweep
+// that lowered it to a row committed late, which a regular count scanning
+// from the old watermark never saw. So a regular count's UPDATE is a
+// compare-and-set: it moves a watermark only while the row still has the
+// updated_at and low_created_at its scan read, checked on the row under the
+// UPDATE's own U lock against the latest committed version (an UPDATE
+// locks the rows it changes even under READ_COMMITTED_SNAPSHOT), and
+// leaves a row that changed to the next count. updated_at alone is only
+// milliseconds, and two writes in one millisecond would share it; a row
+// with the same low value as the scan read still holds what the scan
+// assumed below it. A full sweep's UPDATE is unconditional: it scanned from
+// the cut-over, so what it writes does not rest on what it read. The
+// UPDATE seeks the watermark key from @scan (FORCESEEK, in key order) and
+// holds its exclusive key locks only while it runs; the insert checks each
+// key WITH (UPDLOCK, HOLDLOCK), so a concurrent advancer inserting the same
+// key waits and then skips it instead of failing on the duplicate (a
+// regular count only inserts a watermark it read as missing, so it scanned
+// from the cut-over). The insert is not a MERGE, which without HOLDLOCK is
+// not atomic. A batch that fails half way leaves some watermarks where they
+// were, which is safe, and is run again whole, scan and all, when it was a
+// deadlock victim.
 func (s *Store) pendingCountSQL(billers string, full bool, lag time.Duration) (string, params, error) {
 	lagMS, err := millis("watermark_lag", lag)
 	if err != nil {
@@ -130,13 +162,18 @@ func (s *Store) pendingCountSQL(billers string, full bool, lag time.Duration) (s
 	fullArg := p.add(full)
 	advance := ""
 	if lag > 0 {
+		unchanged := `
+WHERE w.updated_at = sc.read_updated_at AND w.low_created_at = sc.read_low_created_at`
+		if full {
+			unchanged = ""
+		}
 		advance = `
 ` + declareNow + `
 DECLARE @horizon datetime2(7) = DATEADD(millisecond, -` + p.add(lagMS) + `, @now);
 UPDATE w
 SET cutover_at = sc.cutover_at, low_created_at = ` + watermarkLow + `, updated_at = @now
 FROM @scan AS sc
-JOIN ` + s.t.watermark + ` AS w WITH (FORCESEEK) ON w.biller_id = sc.biller_id AND w.item_type = sc.item_type;
+JOIN ` + s.t.watermark + ` AS w WITH (FORCESEEK) ON w.biller_id = sc.biller_id AND w.item_type = sc.item_type` + unchanged + `;
 INSERT INTO ` + s.t.watermark + ` (biller_id, item_type, cutover_at, low_created_at, updated_at)
 SELECT sc.biller_id, sc.item_type, sc.cutover_at, ` + watermarkLow + `, @now
 FROM @scan AS sc
@@ -147,9 +184,9 @@ ORDER BY sc.biller_id, sc.item_type;`
 	parts := make([]string, 0, len(s.order))
 	for _, src := range s.order {
 		typ := p.add(src.ItemType)
-		parts = append(parts, `SELECT b.biller_id, `+typ+`, b.cutover_at, n.pending, n.oldest
+		parts = append(parts, `SELECT b.biller_id, `+typ+`, b.cutover_at, n.pending, n.oldest, r.updated_at, r.low_created_at
 FROM b
-`+s.watermarkJoin(typ, fullArg, "")+`
+`+s.watermarkRead(typ, fullArg)+`
 CROSS APPLY (
     SELECT COUNT_BIG(*) AS pending, MIN(CAST(s.`+src.createdAt+` AS datetime2(7))) AS oldest
     FROM `+src.table+` AS s `+sourceReadHints+`
@@ -160,7 +197,7 @@ CROSS APPLY (
 	q := `SET NOCOUNT ON;
 ` + scanTableVar + `
 ` + cte + `
-INSERT INTO @scan (biller_id, item_type, cutover_at, pending, oldest)
+INSERT INTO @scan (biller_id, item_type, cutover_at, pending, oldest, read_updated_at, read_low_created_at)
 ` + strings.Join(parts, "\nUNION ALL\n") + `;` + advance + `
 SELECT sc.biller_id, SUM(sc.pending) AS pending, MIN(sc.oldest) AS oldest
 FROM @scan AS sc
