@@ -56,7 +56,8 @@ func TestRunPumpPostgresDeliversEveryItemOnce(t *testing.T) {
 
 func TestRunRiverDeliversEveryJobOnce(t *testing.T) {
 	t.Parallel()
-	res, err := bench.RunRiver(context.Background(), postgresOptions(t))
+	opts := postgresOptions(t)
+	res, err := bench.RunRiver(context.Background(), opts, bench.RiverTuned(opts))
 	require.NoError(t, err)
 	require.Equal(t, 120, res.Delivered)
 	require.Zero(t, res.Duplicates)

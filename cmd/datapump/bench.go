@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -124,12 +125,20 @@ small number of items, and ends with the ratio as one JSON line.`,
 			if !withRiver {
 				return nil
 			}
-			rr, err := bench.RunRiver(cmd.Context(), opts)
+			defaults, err := bench.RunRiver(cmd.Context(), opts, bench.RiverDefaults(opts))
 			if err != nil {
 				return err
 			}
-			printRiverResult(env.stdout, rr)
-			return printJSON(env.stdout, bench.RiverRatio{PumpItemsPerS: res.ItemsPerS, RiverJobsPerS: rr.JobsPerS, Ratio: ratio(res.ItemsPerS, rr.JobsPerS)})
+			printRiverResult(env.stdout, defaults)
+			tuned, err := bench.RunRiver(cmd.Context(), opts, bench.RiverTuned(opts))
+			if err != nil {
+				return err
+			}
+			printRiverResult(env.stdout, tuned)
+			return printJSON(env.stdout, bench.RiverRatio{
+				PumpItemsPerS: res.ItemsPerS, RiverJobsPerS: tuned.JobsPerS, Ratio: ratio(res.ItemsPerS, tuned.JobsPerS),
+				RiverDefaultJobsPerS: defaults.JobsPerS, RatioVsRiverDefaults: ratio(res.ItemsPerS, defaults.JobsPerS),
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -180,12 +189,21 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 
 func printRiverResult(w io.Writer, r bench.RiverResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "river (postgres, %d workers)\t\n", r.Workers)
+	t := r.Tuning
+	fmt.Fprintf(tw, "river %s (postgres, %d workers, fetch cooldown %s, poll %s)\t\n", t.Name, r.Workers, orRiverDefault(t.FetchCooldown), orRiverDefault(t.FetchPollInterval))
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Jobs, r.Duplicates)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f jobs/s\n", r.JobsPerS)
 	fmt.Fprintf(tw, "  insert→CIS\tp50 %.1f ms\tp95 %.1f ms\tp99 %.1f ms\n", r.InsertToCIS.P50ms, r.InsertToCIS.P95ms, r.InsertToCIS.P99ms)
 	tw.Flush()
+}
+
+// orRiverDefault names a River client setting left at River's default.
+func orRiverDefault(d time.Duration) string {
+	if d == 0 {
+		return "default"
+	}
+	return d.String()
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -265,6 +265,7 @@ func Config(dir string, shards int) config.Config {
 	// created-at, so a short lag covers it many times over and keeps every
 	// round's scan to the last two seconds of rows plus what is pending.
 	cfg.Publisher.WatermarkLag = 2 * time.Second
+	cfg.BillerConsumer.Concurrency = 16
 	cfg.BillerConsumer.Batch = 250
 	cfg.BillerConsumer.MaxItemsPerMessage = 1000
 	cfg.ItemConsumer.Concurrency = 64
