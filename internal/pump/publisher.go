@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -164,20 +165,16 @@ func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, full
 		poll[b.ID] = b.Mode == catalog.ModePoll
 	}
 	bucket := p.deps.Now().Truncate(p.cfg.Interval)
+	shards := sortedKeys(byShard)
+	counts := p.countShards(ctx, shards, byShard, full)
 	var msgs []bus.Message
 	var errs []error
-	for _, shardName := range sortedKeys(byShard) {
-		st, err := p.deps.shard(shardName)
-		if err != nil {
-			errs = append(errs, err)
+	for i, shardName := range shards {
+		if counts[i].err != nil {
+			errs = append(errs, counts[i].err)
 			continue
 		}
-		counts, err := st.PendingCount(ctx, store.PendingCountParams{Billers: byShard[shardName], Full: full, WatermarkLag: p.cfg.WatermarkLag})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("count pending on shard %s: %w", shardName, err))
-			continue
-		}
-		for _, c := range counts {
+		for _, c := range counts[i].counts {
 			if c.Pending <= 0 || !poll[c.BillerID] {
 				continue
 			}
@@ -208,6 +205,35 @@ func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, full
 		p.deps.Events.DuplicatesDropped(items.BillerTopic, r.Duplicates)
 	}
 	return errors.Join(errs...)
+}
+
+// shardCount is one shard's pending count in a round.
+type shardCount struct {
+	counts []store.BillerPending
+	err    error
+}
+
+// countShards counts every shard's pending items at once (the shards are
+// separate databases, so a round takes as long as the slowest, not the
+// sum), moving their watermarks; results are in the order of shards.
+func (p *Publisher) countShards(ctx context.Context, shards []string, byShard map[string][]store.BillerCutover, full bool) []shardCount {
+	out := make([]shardCount, len(shards))
+	var wg sync.WaitGroup
+	for i, name := range shards {
+		st, err := p.deps.shard(name)
+		if err != nil {
+			out[i].err = err
+			continue
+		}
+		wg.Go(func() {
+			out[i].counts, out[i].err = st.PendingCount(ctx, store.PendingCountParams{Billers: byShard[name], Full: full, WatermarkLag: p.cfg.WatermarkLag})
+			if out[i].err != nil {
+				out[i].err = fmt.Errorf("count pending on shard %s: %w", name, out[i].err)
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // rescue republishes items stuck in Fetched/Queued and returns expired

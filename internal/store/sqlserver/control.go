@@ -146,18 +146,7 @@ func fencedJSON(items []store.Fenced) (string, error) {
 	for i, f := range items {
 		rows[i] = fencedKey{T: f.ItemType, I: f.ItemID, V: f.Version}
 	}
-	slices.SortFunc(rows, func(a, b fencedKey) int {
-		if c := strings.Compare(a.T, b.T); c != 0 {
-			return c
-		}
-		if a.I != b.I {
-			if a.I < b.I {
-				return -1
-			}
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(rows, func(a, b fencedKey) int { return compareKeys(a.T, a.I, b.T, b.I) })
 	b, err := json.Marshal(rows)
 	return string(b), err
 }

@@ -388,12 +388,14 @@ ORDER BY r.cand_created_at, r.item_type, r.item_id;`
 	return q, a
 }
 
-// maxClaimBatch caps one claim. SQL Server tries to escalate a
+// maxClaimBatch caps one claim, and the items of one statement of
+// ControlClaimBatch and ControlFinishBatch. SQL Server tries to escalate a
 // statement's row locks to a table lock at about 5,000 locks on one index,
 // and a claimed row costs a key lock in the clustered key and in each index
 // it enters (plus a range lock while its absence is checked): a larger batch
 // could lock the whole control table against every other claimer. The port
-// promises up to Limit items; the caller claims again for more.
+// promises up to Limit items; the caller claims again for more. The batch
+// methods split a longer list into statements of this size.
 const maxClaimBatch = 1000
 
 // claimRounds bounds how often ControlClaimPending runs again when every

@@ -12,7 +12,6 @@ import (
 	mssql "github.com/microsoft/go-mssqldb"
 
 	"github.com/datapump/datapump/internal/store"
-	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // ItemEnrich runs the item type's enrichment query for one item, with :id
@@ -28,13 +27,45 @@ func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]a
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	row, found, err := sqlrows.FirstRowMap(rows, func(col *sql.ColumnType, v any) any {
-		return plainValue(col.DatabaseTypeName(), v)
-	})
-	switch {
-	case err != nil:
+	defer rows.Close()
+	row, found, err := firstRow(rows)
+	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
-	case !found:
+	}
+	return enriched(key, row, found)
+}
+
+// firstRow reads the first row of rows' current result set by column
+// name, in plain values (see plainValue); found is false when the result
+// set is empty. It leaves rows open, so that ItemEnrichBatch can go on to
+// the next result set (sqlrows.FirstRowMap closes them).
+func firstRow(rows *sql.Rows) (row map[string]any, found bool, err error) {
+	types, err := rows.ColumnTypes()
+	if err != nil {
+		return nil, false, err
+	}
+	if !rows.Next() {
+		return nil, false, rows.Err()
+	}
+	vals := make([]any, len(types))
+	ptrs := make([]any, len(types))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, false, err
+	}
+	row = make(map[string]any, len(types))
+	for i, t := range types {
+		row[t.Name()] = plainValue(t.DatabaseTypeName(), vals[i])
+	}
+	return row, true, nil
+}
+
+// enriched is an enrichment's result for key: its row, or
+// store.ErrRelatedMissing when the query found none.
+func enriched(key store.ItemKey, row map[string]any, found bool) (map[string]any, error) {
+	if !found {
 		return nil, fmt.Errorf("enrich %s: %w", key, store.ErrRelatedMissing)
 	}
 	return row, nil

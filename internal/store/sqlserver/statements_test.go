@@ -2,6 +2,7 @@ package sqlserver
 
 import (
 	"database/sql"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -82,9 +83,11 @@ func allStatements(t *testing.T) []statement {
 	claim := store.ControlClaimItemParams{Key: key, BillerID: "b1", Owner: "item-consumer-1", Lease: time.Minute, InsertIfAbsent: true, Origin: "direct"}
 	add("claim-item")(s.claimItemSQL(claim, 60_000))
 	add("claim-insert")(s.claimInsertSQL(claim, store.SourceRow{ItemKey: key, BillerID: "b1", CreatedAt: at}, 60_000, "direct"))
+	add("claim-batch")(s.claimBatchSQL(`[{"t":"paperless","i":7,"o":1,"w":"item-consumer-1","l":60000},{"t":"payment","i":42,"o":0,"w":"item-consumer-1","l":60000}]`))
 	add("extend-lease")(s.extendLeaseSQL(fenced, 60_000))
 	add("finish-processed")(s.finishSQL(store.ControlFinishParams{Fenced: fenced, Status: store.StatusProcessed}))
 	add("finish-failed")(s.finishSQL(store.ControlFinishParams{Fenced: fenced, Status: store.StatusFailed, Error: "400 bad request"}))
+	add("finish-batch")(s.finishBatchSQL(`[{"t":"paperless","i":7,"v":2,"o":1,"s":"Failed","e":"400 bad request"},{"t":"payment","i":42,"v":3,"o":0,"s":"Processed"}]`))
 	add("release")(s.releaseSQL(store.ControlReleaseParams{Fenced: fenced, Error: "503", RetryIn: time.Second}, 1000))
 	add("skip")(s.skipSQL(key, "biller switched off"))
 	add("list-stuck")(s.listStuckSQL(300_000, 100))
@@ -100,6 +103,7 @@ func allStatements(t *testing.T) []statement {
 	add("retry-dry-run")(must(s.retrySQL(filtered, true)))
 
 	add("pending-count")(must(s.pendingCountSQL(billers, false, 0)))
+	add("pending-count-advance")(must(s.pendingCountSQL(billers, false, time.Minute)))
 	add("pending-count-full-advance")(must(s.pendingCountSQL(billers, true, time.Minute)))
 	add("claim-pending")(s.claimPendingSQL(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: at, From: at.Add(time.Hour), Limit: 50, Owner: "biller-consumer-1"}))
 	add("pending-list")(s.pendingListSQL(billers, 600_000, 100, false))
@@ -108,6 +112,9 @@ func allStatements(t *testing.T) []statement {
 	for _, src := range s.order {
 		add("enrich-"+src.ItemType)(src.enrich, params{int64(42)})
 	}
+	queries, err := json.Marshal([]string{s.sources[items.Payment].enrich, s.sources[items.Paperless].enrich})
+	require.NoError(t, err)
+	add("item-enrich-batch")(enrichBatchSQL(`[{"o":0,"i":42,"q":0},{"o":1,"i":7,"q":1},{"o":2,"i":43,"q":0}]`, string(queries)))
 
 	add("lease-acquire")(s.leaseAcquireSQL("publisher", "pod-a", 15_000))
 	add("lease-release")(s.leaseReleaseSQL("publisher", "pod-a"))
