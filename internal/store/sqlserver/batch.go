@@ -112,8 +112,12 @@ type claimedRow struct {
 // maxClaimBatch distinct items. An unknown item type or a bad lease is the
 // item's Err without a statement. The items the batch cannot settle go
 // through ControlClaimItem afterwards, in order: an item without a record
-// that is to be inserted (InsertIfAbsent), and each later mention of an
-// item named twice, which thus finds its first mention's claim.
+// that is to be inserted (InsertIfAbsent), each later mention of an item
+// named twice, which thus finds its first mention's claim, and a record
+// classifyClaim cannot place. When a batch fails after an earlier one
+// committed, its items and the later ones get its error as their Err, so
+// that the claims made are still reported; when the first fails, the call
+// does.
 func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimItemParams) ([]store.ItemClaimResult, error) {
 	out := make([]store.ItemClaimResult, len(ps))
 	settled := make([]bool, len(ps))
@@ -132,10 +136,17 @@ func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimIt
 		keys = append(keys, claimKey{T: p.Key.ItemType, I: p.Key.ItemID, O: i, W: p.Owner, L: leaseMS})
 	}
 	slices.SortFunc(keys, func(a, b claimKey) int { return compareKeys(a.T, a.I, b.T, b.I) })
-	for chunk := range slices.Chunk(keys, maxClaimBatch) {
+	for start := 0; start < len(keys); start += maxClaimBatch {
+		chunk := keys[start:min(start+maxClaimBatch, len(keys))]
 		rows, err := s.claimBatchOnce(ctx, chunk)
-		if err != nil {
+		if err != nil && start == 0 {
 			return nil, fmt.Errorf("claim items: %w", err)
+		}
+		if err != nil {
+			for _, k := range keys[start:] {
+				out[k.O].Err, settled[k.O] = fmt.Errorf("claim items: %w", err), true
+			}
+			break
 		}
 		found := make(map[int]bool, len(rows))
 		for _, r := range rows {
@@ -244,7 +255,9 @@ SELECT ord FROM @done;`
 // ControlFinish would, with one statement (finishBatchSQL) per up to
 // maxClaimBatch claims, after checking every status. A claim named twice
 // (same key and version) is ended by its first mention; the later one is
-// false, as a second ControlFinish would be.
+// false, as a second ControlFinish would be. A failed statement fails the
+// call; the statements before it stay committed (finishing again is false,
+// as for ControlFinish).
 func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
 	for _, p := range ps {
 		if err := finishCheck(p); err != nil {

@@ -138,11 +138,13 @@ const watermarkLow = `CASE WHEN sc.oldest < @horizon THEN sc.oldest ELSE @horizo
 // updated_at and low_created_at its scan read, checked on the row under the
 // UPDATE's own U lock against the latest committed version (an UPDATE
 // locks the rows it changes even under READ_COMMITTED_SNAPSHOT), and
-// leaves a row that changed to the next count. updated_at alone is only
-// milliseconds, and two writes in one millisecond would share it; a row
-// with the same low value as the scan read still holds what the scan
-// assumed below it. A full sweep's UPDATE is unconditional: it scanned from
-// the cut-over, so what it writes does not rest on what it read. The
+// leaves a row that changed to the next count. The low value is compared
+// as well as updated_at, which keeps only milliseconds and could be shared
+// by two writes in one millisecond: a row that still has both holds what
+// the scan assumed below where it started (nothing in the port makes a row
+// below a watermark pending again). A full sweep's UPDATE is
+// unconditional: it scanned from the cut-over, so what it writes does not
+// rest on what it read, and lowering a watermark is always safe. The
 // UPDATE seeks the watermark key from @scan (FORCESEEK, in key order) and
 // holds its exclusive key locks only while it runs; the insert checks each
 // key WITH (UPDLOCK, HOLDLOCK), so a concurrent advancer inserting the same
