@@ -293,3 +293,34 @@ func keysOf(cs []store.Claimed) []store.ItemKey {
 	}
 	return out
 }
+
+// TestItemEnrichBatchKeepsAFailureWithItsItem: one item whose enrichment
+// query fails (not merely finds no row) would abort the pipelined batch
+// after it; the batch is read again item by item, so only that item gets
+// the error.
+func TestItemEnrichBatchKeepsAFailureWithItsItem(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	base := openFresh(t, nil)
+	_, err := base.pool.Exec(ctx, `CREATE TABLE readings (id bigint PRIMARY KEY, biller text NOT NULL, at timestamptz NOT NULL DEFAULT now(), divisor int NOT NULL)`)
+	require.NoError(t, err)
+	s, err := Open(ctx, Config{DSN: testDSN(t), Schema: base.schema, Sources: []store.Source{{
+		ItemType: "reading", Table: "readings", KeyColumn: "id", BillerColumn: "biller", CreatedAtColumn: "at",
+		EnrichQuery: `SELECT id AS item_id, 100 / divisor AS share FROM readings WHERE id = :id`,
+	}}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	_, err = s.pool.Exec(ctx, `INSERT INTO readings (id, biller, divisor) VALUES (1, 'b1', 4), (2, 'b1', 0), (3, 'b1', 5)`)
+	require.NoError(t, err)
+
+	keys := []store.ItemKey{{ItemType: "reading", ItemID: 1}, {ItemType: "reading", ItemID: 2}, {ItemType: "reading", ItemID: 3}, {ItemType: "reading", ItemID: 4}}
+	got, err := s.ItemEnrichBatch(ctx, keys)
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+	require.NoError(t, got[0].Err)
+	require.EqualValues(t, 25, got[0].Row["share"])
+	require.ErrorContains(t, got[1].Err, "division by zero", "the failing item keeps its own error")
+	require.NoError(t, got[2].Err, "the item after it is read")
+	require.EqualValues(t, 20, got[2].Row["share"])
+	require.ErrorIs(t, got[3].Err, store.ErrRelatedMissing)
+}

@@ -108,8 +108,28 @@ func (s *Store) itemSource(ctx context.Context, src source, key store.ItemKey) (
 }
 
 // ItemEnrichBatch runs every item's enrichment query in one round trip (a
-// pipelined batch of the same statements ItemEnrich runs).
+// pipelined batch of the same statements ItemEnrich runs). The batch is
+// one implicit transaction, so a query that fails aborts the ones after
+// it; then every item is read again on its own, and the failure stays
+// with the item that caused it.
 func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
+	out, err := s.enrichPipelined(ctx, keys)
+	if err == nil {
+		return out, nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("enrich items: %w", err)
+	}
+	out = make([]store.EnrichResult, len(keys))
+	for i, k := range keys {
+		out[i].Row, out[i].Err = s.ItemEnrich(ctx, k)
+	}
+	return out, nil
+}
+
+// enrichPipelined sends the enrichment queries as one batch; any query
+// error fails it.
+func (s *Store) enrichPipelined(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
 	out := make([]store.EnrichResult, len(keys))
 	batch := &pgx.Batch{}
 	queued := make([]int, 0, len(keys))
@@ -126,13 +146,16 @@ func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]st
 		return out, nil
 	}
 	results := s.pool.SendBatch(ctx, batch)
+	defer results.Close()
 	for _, i := range queued {
 		rows, err := results.Query()
 		if err != nil {
-			results.Close()
 			return nil, fmt.Errorf("enrich %s: %w", keys[i], err)
 		}
 		out[i].Row, out[i].Err = enrichRow(rows, keys[i])
+		if out[i].Err != nil && !errors.Is(out[i].Err, store.ErrRelatedMissing) {
+			return nil, out[i].Err
+		}
 	}
 	if err := results.Close(); err != nil {
 		return nil, fmt.Errorf("enrich items: %w", err)
