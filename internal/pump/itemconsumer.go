@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -107,7 +109,7 @@ func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		return
 	}
 	ref := ItemRef{Shard: m.Shard, BillerID: m.BillerID, ItemKey: store.ItemKey{ItemType: m.ItemType, ItemID: m.ItemID}}
-	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
+	log := itemLog{l: c.deps.Logger, ref: ref, messageID: d.ID}
 
 	st, err := c.deps.shard(m.Shard)
 	if err != nil {
@@ -179,7 +181,7 @@ func claimOrigin(messageOrigin string) string {
 func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef, b catalog.Biller, ctl store.Control) {
 	st := c.deps.Shards[ref.Shard]
 	batches := c.batches[ref.Shard]
-	log := c.deps.Logger.With("shard", ref.Shard, "biller", ref.BillerID, "item", ref.ItemKey.String(), "message_id", d.ID)
+	log := itemLog{l: c.deps.Logger, ref: ref, messageID: d.ID}
 	fence := store.Fenced{ItemKey: ref.ItemKey, Version: ctl.Version}
 
 	// The work is bounded well inside the lease and the lease is renewed
@@ -187,15 +189,16 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 	// worker mid-call. A shutdown lets the work in flight finish rather than
 	// cut a CIS call short (which would send the item again later).
 	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Lease*3/4)
-	lost := c.keepLease(workCtx, cancel, st, fence)
+	stopLease := c.keepLease(workCtx, cancel, st, fence)
 	err := c.deliver(workCtx, ref, b)
+	lost := stopLease()
 	cancel()
 	outcome := ItemOutcome{Ref: ref, SourceCreatedAt: ctl.SourceCreatedAt, Err: err}
 	report := func(o string) {
 		outcome.Outcome, outcome.At = o, c.deps.Now()
 		c.deps.Events.ItemFinished(outcome)
 	}
-	if <-lost {
+	if lost {
 		log.Warn("lease lost while processing; the new holder finishes the item", "error", err)
 		report(OutcomeLeaseLost)
 		complete(ctx, c.deps, d)
@@ -258,34 +261,69 @@ func (c *ItemConsumer) fail(ctx context.Context, d *bus.Delivery, ref ItemRef, f
 	return true
 }
 
-// keepLease renews the item's lease every third of its length until ctx
-// ends. If the lease is gone (taken over), it cancels the work. The returned
-// channel yields, once ctx has ended, whether the lease was lost.
-func (c *ItemConsumer) keepLease(ctx context.Context, cancel context.CancelFunc, st store.Store, fence store.Fenced) <-chan bool {
-	lost := make(chan bool, 1)
-	go func() {
-		t := time.NewTicker(c.cfg.Lease / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				lost <- false
-				return
-			case <-t.C:
-				ok, err := st.ControlExtendLease(ctx, fence, c.cfg.Lease)
-				if err == nil && !ok {
-					cancel()
-					lost <- true
-					return
-				}
-				if err != nil && ctx.Err() == nil {
-					c.deps.Logger.Warn("extend lease", "item", fence.ItemKey.String(), "error", err)
-				}
-			}
+// keepLease renews the item's lease every third of its length while the
+// item is worked; if a renewal finds the lease gone (taken over), it
+// cancels the work. The returned stop ends the renewals, waiting for one
+// in flight, and says whether the lease was lost. A timer, not a goroutine
+// per item: most items finish before the first renewal is due.
+func (c *ItemConsumer) keepLease(ctx context.Context, cancel context.CancelFunc, st store.Store, fence store.Fenced) (stop func() (lost bool)) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		gone    bool
+		timer   *time.Timer
+	)
+	every := c.cfg.Lease / 3
+	renew := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
-	return lost
+		ok, err := st.ControlExtendLease(ctx, fence, c.cfg.Lease)
+		switch {
+		case err == nil && !ok:
+			gone = true
+			cancel()
+			return
+		case err != nil && ctx.Err() == nil:
+			c.deps.Logger.Warn("extend lease", "item", fence.ItemKey.String(), "error", err)
+		}
+		timer.Reset(every)
+	}
+	mu.Lock()
+	timer = time.AfterFunc(every, renew)
+	mu.Unlock()
+	return func() bool {
+		timer.Stop()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		return gone
+	}
 }
+
+// itemLog writes one message's log lines with its item's attributes,
+// building them only for a line that is written.
+type itemLog struct {
+	l         *slog.Logger
+	ref       ItemRef
+	messageID string
+}
+
+func (il itemLog) log(level slog.Level, msg string, args ...any) {
+	ctx := context.Background()
+	if !il.l.Enabled(ctx, level) {
+		return
+	}
+	attrs := append([]any{"shard", il.ref.Shard, "biller", il.ref.BillerID, "item", il.ref.ItemKey.String(), "message_id", il.messageID}, args...)
+	il.l.Log(ctx, level, msg, attrs...)
+}
+
+func (il itemLog) Debug(msg string, args ...any) { il.log(slog.LevelDebug, msg, args...) }
+func (il itemLog) Info(msg string, args ...any)  { il.log(slog.LevelInfo, msg, args...) }
+func (il itemLog) Warn(msg string, args ...any)  { il.log(slog.LevelWarn, msg, args...) }
+func (il itemLog) Error(msg string, args ...any) { il.log(slog.LevelError, msg, args...) }
 
 // permanentError marks failures that no retry can fix (bad data, a CIS rejection).
 type permanentError struct{ err error }
