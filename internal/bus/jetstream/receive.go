@@ -226,34 +226,41 @@ func (r *receiveLoop) handle(d *delivery) {
 	}
 }
 
-// renew renews d's lock every renewEvery until the returned stop is called.
+// renew renews d's lock every renewEvery until the returned stop is
+// called; stop waits for a renewal in flight. A timer, not a goroutine per
+// delivery: most messages are settled before the first renewal is due.
 func (r *receiveLoop) renew(d *delivery) (stop func()) {
 	if r.renewEvery <= 0 {
 		return func() {}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(r.renewEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				err := d.RenewLock(r.hctx)
-				if errors.Is(err, bus.ErrSettled) {
-					return
-				}
-				if err != nil {
-					r.log.Warn("renew lock", "message_id", d.public.ID, "error", err)
-				}
-			}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		timer   *time.Timer
+	)
+	tick := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	})
+		err := d.RenewLock(r.hctx)
+		if errors.Is(err, bus.ErrSettled) {
+			return
+		}
+		if err != nil {
+			r.log.Warn("renew lock", "message_id", d.public.ID, "error", err)
+		}
+		timer.Reset(r.renewEvery)
+	}
+	mu.Lock()
+	timer = time.AfterFunc(r.renewEvery, tick)
+	mu.Unlock()
 	return func() {
-		close(done)
-		wg.Wait()
+		timer.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
 	}
 }
 
