@@ -3,6 +3,8 @@ package bench_test
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -40,14 +42,22 @@ func postgresOptions(t *testing.T) bench.Options {
 	return opts
 }
 
-func TestRunPumpPostgresDeliversEveryItemOnce(t *testing.T) {
-	t.Parallel()
+// postgresBackendOptions are postgresOptions on the postgres backend, with
+// the NATS server it needs.
+func postgresBackendOptions(t *testing.T) bench.Options {
+	t.Helper()
 	opts := postgresOptions(t)
 	opts.NATSURL = os.Getenv("DATAPUMP_TEST_NATS_URL")
 	if opts.NATSURL == "" {
 		t.Skip("set DATAPUMP_TEST_NATS_URL to run")
 	}
 	opts.Backend = bench.BackendPostgres
+	return opts
+}
+
+func TestRunPumpPostgresDeliversEveryItemOnce(t *testing.T) {
+	t.Parallel()
+	opts := postgresBackendOptions(t)
 	res, err := bench.RunPump(context.Background(), opts)
 	require.NoError(t, err)
 	require.Equal(t, 120, res.Delivered)
@@ -92,4 +102,38 @@ func TestRunPumpWithBigBillerDeliversEveryItemOnce(t *testing.T) {
 	require.Equal(t, 150, res.Delivered)
 	require.Zero(t, res.Duplicates)
 	require.Positive(t, res.SmallBillersInsertToCIS.P99ms)
+}
+
+func TestRunScalingDeliversEveryItemOnceWithEachProcessCount(t *testing.T) {
+	t.Parallel()
+	opts := postgresBackendOptions(t)
+	opts.Items = 150
+	opts.Binary = buildDatapump(t)
+	processes := []int{1, 2}
+	res, err := bench.RunScaling(context.Background(), opts, processes)
+	require.NoError(t, err)
+	require.Len(t, res.Points, len(processes))
+	for i, p := range res.Points {
+		require.Equal(t, processes[i], p.Processes)
+		require.Equal(t, 150, p.Delivered, "processes %d", p.Processes)
+		require.Zero(t, p.Duplicates, "processes %d", p.Processes)
+	}
+	require.Equal(t, 1, res.BaseProcesses)
+}
+
+func TestRunScalingRefusesTheEmbeddedBackend(t *testing.T) {
+	t.Parallel()
+	opts := bench.DefaultOptions()
+	opts.Binary = "datapump"
+	_, err := bench.RunScaling(context.Background(), opts, []int{1})
+	require.ErrorContains(t, err, bench.BackendPostgres)
+}
+
+// buildDatapump builds the datapump command for the item consumer processes.
+func buildDatapump(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "datapump")
+	out, err := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/datapump/datapump/cmd/datapump").CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	return bin
 }

@@ -60,6 +60,9 @@ type Options struct {
 	BigBillerItems int
 	// Concurrency is the item consumers' (and the anchors' workers') concurrency.
 	Concurrency int
+	// Binary is the datapump executable RunScaling starts its item
+	// consumer processes from.
+	Binary string
 	// Timeout bounds each measured run.
 	Timeout time.Duration
 	// Progress receives a progress bar (nil: none).
@@ -107,19 +110,26 @@ type Latency struct {
 	P99ms float64 `json:"p99_ms"`
 }
 
+// Throughput is what the mock CIS accepted in a run, and how fast.
+type Throughput struct {
+	// Delivered counts distinct idempotency keys, Duplicates the repeats.
+	Delivered  int `json:"delivered"`
+	Duplicates int `json:"duplicates"`
+	// ElapsedS is from the jobs' start to the last delivery.
+	ElapsedS  float64 `json:"elapsed_s"`
+	ItemsPerS float64 `json:"items_per_s"`
+}
+
 // PumpResult is what one pump run measured.
 type PumpResult struct {
-	Backend    string `json:"backend"`
-	Items      int    `json:"items"`
-	Billers    int    `json:"billers"`
-	Shards     int    `json:"shards"`
-	Delivered  int    `json:"delivered"`
-	Duplicates int    `json:"duplicates"`
+	Backend string `json:"backend"`
+	Items   int    `json:"items"`
+	Billers int    `json:"billers"`
+	Shards  int    `json:"shards"`
+	Throughput
 	// InsertRate is the steady insert rate, or 0 when every item was
 	// written before the jobs started.
-	InsertRate int     `json:"insert_rate"`
-	ElapsedS   float64 `json:"elapsed_s"`
-	ItemsPerS  float64 `json:"items_per_s"`
+	InsertRate int `json:"insert_rate"`
 	// InsertToCIS is from the source row's created-at to the CIS accepting it.
 	InsertToCIS Latency `json:"insert_to_cis"`
 	// SmallBillersInsertToCIS is InsertToCIS of the items of every biller
@@ -150,121 +160,29 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		return PumpResult{}, err
 	}
 	res := PumpResult{Backend: opts.Backend, Items: opts.Items, Billers: opts.Billers, Shards: opts.Shards, InsertRate: opts.InsertRate, BigBillerItems: opts.BigBillerItems}
-	total := opts.Items + max(0, opts.BigBillerItems)
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-
-	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger)
+	r, err := openPumpRun(ctx, opts)
 	if err != nil {
 		return res, err
 	}
-	defer stopCIS()
-
-	dir, err := os.MkdirTemp("", "datapump-bench-")
-	if err != nil {
-		return res, fmt.Errorf("bench dir: %w", err)
+	defer r.Close()
+	if res.Throughput, err = r.run(ctx, app.AllJobs, "pump: delivered to CIS"); err != nil {
+		return res, fmt.Errorf("pump: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	cfg := demo.Config(dir, opts.Shards)
-	cfg.Owner = "bench"
-	cfg.ItemConsumer.Concurrency = opts.Concurrency
-	cfg.CIS.MaxConcurrent = opts.Concurrency
-	if opts.Backend == BackendPostgres {
-		env, err := newPostgresEnv(ctx, opts.PostgresDSN, opts.NATSURL)
-		if err != nil {
-			return res, err
-		}
-		defer env.Close()
-		if err := env.configure(ctx, &cfg, opts.Shards); err != nil {
-			return res, err
-		}
-	}
-	if err := cfg.Validate(); err != nil {
-		return res, fmt.Errorf("bench config: %w", err)
-	}
-	a, err := app.Open(ctx, cfg, opts.Logger)
-	if err != nil {
-		return res, err
-	}
-	defer a.Close()
-	if err := a.Migrate(ctx); err != nil {
-		return res, err
-	}
-	for name, st := range a.Shards {
-		if err := st.(store.DemoSource).DemoSchemaCreate(ctx); err != nil {
-			return res, fmt.Errorf("demo schema on %s: %w", name, err)
-		}
-	}
-	nBillers := opts.Billers
-	if opts.BigBillerItems > 0 {
-		nBillers++
-	}
-	billers, err := seedBillers(ctx, a.Catalog, nBillers, cfg, cisURL)
-	if err != nil {
-		return res, err
-	}
-	var big []seeded
-	bigID := ""
-	if opts.BigBillerItems > 0 {
-		bigID = billers[len(billers)-1].ID
-		if big, err = seedItems(ctx, a.Shards, billers[len(billers)-1:], opts.BigBillerItems, 0); err != nil {
-			return res, err
-		}
-		billers = billers[:len(billers)-1]
-	}
-	var items []seeded
-	if opts.InsertRate <= 0 {
-		if items, err = seedItems(ctx, a.Shards, billers, opts.Items, 0); err != nil {
-			return res, err
-		}
-	}
-	if err := a.OpenBus(ctx); err != nil {
-		return res, err
-	}
-	runner, err := a.NewRunner(app.AllJobs, nil)
-	if err != nil {
-		return res, err
-	}
-	bar := newBar(opts.Progress, total, "pump: delivered to CIS")
-	start := time.Now()
-	if err := runner.Start(ctx); err != nil {
-		return res, err
-	}
-	defer runner.Stop()
-	if opts.InsertRate > 0 {
-		if items, err = seedItems(ctx, a.Shards, billers, opts.Items, opts.InsertRate); err != nil {
-			return res, err
-		}
-	}
-	items = append(big, items...)
-	if err := waitDelivered(ctx, bar, total, func() int { return mock.Stats().UniqueAccepted }); err != nil {
-		return res, fmt.Errorf("pump: %w (%d of %d delivered)", err, mock.Stats().UniqueAccepted, total)
-	}
-	elapsed := time.Since(start)
-	// Give a late duplicate the chance to show up.
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * cfg.Publisher.Interval):
-	}
-	runner.Stop()
-
-	stats := mock.Stats()
-	res.Delivered, res.Duplicates = stats.UniqueAccepted, stats.Duplicates
-	res.ElapsedS = elapsed.Seconds()
-	res.ItemsPerS = float64(res.Delivered) / elapsed.Seconds()
 	var e2e, small []time.Duration
-	for _, it := range items {
-		if at, ok := mock.AcceptedAt(pump.ItemMessageID(it.shard, it.key.ItemType, it.key.ItemID)); ok {
+	for _, it := range r.items {
+		if at, ok := r.mock.AcceptedAt(pump.ItemMessageID(it.shard, it.key.ItemType, it.key.ItemID)); ok {
 			e2e = append(e2e, at.Sub(it.createdAt))
-			if it.billerID != bigID {
+			if it.billerID != r.bigID {
 				small = append(small, at.Sub(it.createdAt))
 			}
 		}
 	}
 	res.InsertToCIS, res.SmallBillersInsertToCIS = summarize(e2e), summarize(small)
 	var queued, processed []time.Duration
-	for name, st := range a.Shards {
-		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: total + 1})
+	for name, st := range r.app.Shards {
+		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: r.total + 1})
 		if err != nil {
 			return res, fmt.Errorf("read control records of %s: %w", name, err)
 		}
@@ -279,6 +197,148 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	}
 	res.CreatedToQueued, res.QueuedToProcessed = summarize(queued), summarize(processed)
 	return res, nil
+}
+
+// pumpRun is one measured run's world: a mock CIS, a scratch directory,
+// the configuration, the app on migrated stores with the demo source
+// tables, its billers and (unless they are written at a rate) items, and
+// the bus open. Close removes all of it.
+type pumpRun struct {
+	opts Options
+	dir  string
+	cfg  config.Config
+	mock *mockcis.Server
+	app  *app.App
+	// billers are every biller but the big one (bigID, if any).
+	billers []catalog.Biller
+	bigID   string
+	items   []seeded
+	// total is how many items the CIS must accept.
+	total   int
+	closers []func()
+}
+
+// openPumpRun builds the world RunPump measures in: the demo configuration
+// with the item consumers' and CIS concurrency at opts.Concurrency, on
+// SQLite files and the embedded NATS server, or on fresh PostgreSQL
+// schemas and the external NATS server with a unique topic prefix.
+func openPumpRun(ctx context.Context, opts Options) (_ *pumpRun, err error) {
+	r := &pumpRun{opts: opts, total: opts.Items + max(0, opts.BigBillerItems)}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	r.mock = mock
+	r.closers = append(r.closers, stopCIS)
+	if r.dir, err = os.MkdirTemp("", "datapump-bench-"); err != nil {
+		return nil, fmt.Errorf("bench dir: %w", err)
+	}
+	r.closers = append(r.closers, func() { os.RemoveAll(r.dir) })
+	r.cfg = demo.Config(r.dir, opts.Shards)
+	r.cfg.Owner = "bench"
+	r.cfg.ItemConsumer.Concurrency = opts.Concurrency
+	r.cfg.CIS.MaxConcurrent = opts.Concurrency
+	if opts.Backend == BackendPostgres {
+		env, err := newPostgresEnv(ctx, opts.PostgresDSN, opts.NATSURL)
+		if err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, env.Close)
+		if err := env.configure(ctx, &r.cfg, opts.Shards); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bench config: %w", err)
+	}
+	if r.app, err = app.Open(ctx, r.cfg, opts.Logger); err != nil {
+		return nil, err
+	}
+	r.closers = append(r.closers, func() { r.app.Close() })
+	if err := r.app.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	for name, st := range r.app.Shards {
+		if err := st.(store.DemoSource).DemoSchemaCreate(ctx); err != nil {
+			return nil, fmt.Errorf("demo schema on %s: %w", name, err)
+		}
+	}
+	nBillers := opts.Billers
+	if opts.BigBillerItems > 0 {
+		nBillers++
+	}
+	if r.billers, err = seedBillers(ctx, r.app.Catalog, nBillers, r.cfg, cisURL); err != nil {
+		return nil, err
+	}
+	if opts.BigBillerItems > 0 {
+		big := r.billers[len(r.billers)-1:]
+		r.bigID = big[0].ID
+		if r.items, err = seedItems(ctx, r.app.Shards, big, opts.BigBillerItems, 0); err != nil {
+			return nil, err
+		}
+		r.billers = r.billers[:len(r.billers)-1]
+	}
+	if opts.InsertRate <= 0 {
+		items, err := seedItems(ctx, r.app.Shards, r.billers, opts.Items, 0)
+		if err != nil {
+			return nil, err
+		}
+		r.items = append(r.items, items...)
+	}
+	if err := r.app.OpenBus(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// run starts jobs in this process, writes the items at opts.InsertRate if
+// it is set, waits until the mock CIS has accepted every item (and a
+// little longer, for a late duplicate to show up) and stops the jobs.
+func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughput, error) {
+	runner, err := r.app.NewRunner(jobs, nil)
+	if err != nil {
+		return Throughput{}, err
+	}
+	bar := newBar(r.opts.Progress, r.total, desc)
+	start := time.Now()
+	if err := runner.Start(ctx); err != nil {
+		return Throughput{}, err
+	}
+	defer runner.Stop()
+	if r.opts.InsertRate > 0 {
+		items, err := seedItems(ctx, r.app.Shards, r.billers, r.opts.Items, r.opts.InsertRate)
+		if err != nil {
+			return Throughput{}, err
+		}
+		r.items = append(r.items, items...)
+	}
+	if err := waitDelivered(ctx, bar, r.total, func() int { return r.mock.Stats().UniqueAccepted }); err != nil {
+		return Throughput{}, fmt.Errorf("%w (%d of %d delivered)", err, r.mock.Stats().UniqueAccepted, r.total)
+	}
+	elapsed := time.Since(start)
+	select {
+	case <-ctx.Done():
+	case <-time.After(2 * r.cfg.Publisher.Interval):
+	}
+	runner.Stop()
+	stats := r.mock.Stats()
+	return Throughput{
+		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates,
+		ElapsedS: elapsed.Seconds(), ItemsPerS: float64(stats.UniqueAccepted) / elapsed.Seconds(),
+	}, nil
+}
+
+// Close removes what openPumpRun made, in reverse order.
+func (r *pumpRun) Close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
+	}
+	r.closers = nil
 }
 
 // startMockCIS serves a mock CIS with no faults and no latency.
@@ -389,7 +449,8 @@ func newBar(w io.Writer, n int, desc string) *progressbar.ProgressBar {
 	)
 }
 
-// waitDelivered polls done() until it reaches n, updating the bar.
+// waitDelivered polls done() until it reaches n, updating the bar; it
+// returns ctx's cause if ctx ends first.
 func waitDelivered(ctx context.Context, bar *progressbar.ProgressBar, n int, done func() int) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -406,7 +467,9 @@ func waitDelivered(ctx context.Context, bar *progressbar.ProgressBar, n int, don
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			// The cause says why (a deadline, or an item consumer process
+			// that exited).
+			return context.Cause(ctx)
 		case <-tick.C:
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +29,8 @@ func benchCmd(env *cliEnv) *cobra.Command {
 	var cpuProfile string
 	var fairness bool
 	bigItems := 50000
+	var scaling bool
+	processes := []int{1, 2, 4}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the pump end to end against a mock CIS with no added latency",
@@ -41,7 +44,13 @@ fresh schemas on --pg-dsn and the NATS server at --nats-url (with a unique
 topic prefix), all removed afterwards.
 
 --quick runs the pump on PostgreSQL and River on the same PostgreSQL with a
-small number of items, and ends with the ratio as one JSON line.`,
+small number of items, and ends with the ratio as one JSON line.
+
+--scaling runs the pump once per --processes count on PostgreSQL: the
+publisher and the biller consumer in this process, the item consumers in
+that many child processes of this binary (datapump run --jobs item-consumer,
+--concurrency and an equal share of each shard's connections each), and reports items per second and the speed-up over one
+process, as a table and as a final JSON line.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.Items <= 0 || opts.Billers <= 0 || opts.Shards <= 0 {
@@ -71,6 +80,9 @@ small number of items, and ends with the ratio as one JSON line.`,
 				}
 				opts.Backend = bench.BackendPostgres
 				withRiver = true
+			}
+			if scaling {
+				return runScaling(cmd, env.stdout, opts, processes)
 			}
 			if fairness {
 				if !cmd.Flags().Changed("items") {
@@ -158,6 +170,8 @@ small number of items, and ends with the ratio as one JSON line.`,
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the pump run (not the anchors) to this file")
 	f.BoolVar(&fairness, "fairness", false, "only compare the small billers' p99 with and without one big biller (--items over --billers, default 5000 over 50)")
 	f.IntVar(&bigItems, "big-items", bigItems, "the big biller's items, for --fairness")
+	f.BoolVar(&scaling, "scaling", false, "only measure items/s with each --processes count of item consumer processes (PostgreSQL)")
+	f.IntSliceVar(&processes, "processes", processes, "item consumer processes, one run per count, for --scaling")
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
@@ -281,4 +295,55 @@ func runFairness(cmd *cobra.Command, w io.Writer, opts bench.Options, bigItems i
 	printPumpResult(w, withBig)
 	a, b := alone.SmallBillersInsertToCIS.P99ms, withBig.SmallBillersInsertToCIS.P99ms
 	return printJSON(w, bench.FairnessRatio{SmallP99Alone: a, SmallP99WithBig: b, Ratio: ratio(b, a), Duplicates: alone.Duplicates + withBig.Duplicates})
+}
+
+// runScaling runs the pump once per count of item consumer processes, on
+// PostgreSQL, and ends with every run and its speed-up as JSON.
+func runScaling(cmd *cobra.Command, w io.Writer, opts bench.Options, processes []int) error {
+	for _, other := range []string{"quick", "fairness", "polling", "river", "ceiling", "insert-rate", "cpuprofile"} {
+		if cmd.Flags().Changed(other) {
+			return badInput("--scaling does not go with --%s", other)
+		}
+	}
+	if cmd.Flags().Changed("backend") && opts.Backend != bench.BackendPostgres {
+		return badInput("--scaling runs on --backend %s only: the item consumer processes share its databases and NATS server", bench.BackendPostgres)
+	}
+	opts.Backend = bench.BackendPostgres
+	for i, p := range processes {
+		if p <= 0 || slices.Contains(processes[:i], p) {
+			return badInput("--processes: want distinct positive counts, got %v", processes)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the datapump binary: %w", err)
+	}
+	opts.Binary = exe
+	fmt.Fprintf(w, "datapump bench --scaling: %d items, %d billers, %d shards, backend %s, item consumer processes %v with concurrency %d each\n",
+		opts.Items, opts.Billers, opts.Shards, opts.Backend, processes, opts.Concurrency)
+	res, err := bench.RunScaling(cmd.Context(), opts, processes)
+	if err != nil {
+		return err
+	}
+	printScalingResult(w, res)
+	if err := printJSON(w, res); err != nil {
+		return err
+	}
+	duplicates := 0
+	for _, p := range res.Points {
+		duplicates += p.Duplicates
+	}
+	if duplicates > 0 {
+		return fmt.Errorf("bench: the CIS saw %d duplicates", duplicates)
+	}
+	return nil
+}
+
+func printScalingResult(w io.Writer, r bench.ScalingResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "processes\tconns/shard each\tdelivered\tduplicates\telapsed\tthroughput\tspeed-up over %d\n", r.BaseProcesses)
+	for _, p := range r.Points {
+		fmt.Fprintf(tw, "%d\t%d\t%d of %d\t%d\t%.2f s\t%.0f items/s\t%.2f×\n", p.Processes, p.ShardConns, p.Delivered, p.Items, p.Duplicates, p.ElapsedS, p.ItemsPerS, p.SpeedUp)
+	}
+	tw.Flush()
 }

@@ -87,3 +87,20 @@ log: {level: error}
 	require.Equal(t, exitOK, code, errOut)
 	require.JSONEq(t, "[]", strings.TrimSpace(out))
 }
+
+func TestBenchScalingRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--backend", "embedded"}, "--backend postgres only"},
+		{[]string{"--processes", "1,0"}, "--processes"},
+		{[]string{"--processes", "2,2"}, "--processes"},
+		{[]string{"--fairness"}, "--fairness"},
+	} {
+		code, _, errOut := runCLI(t, append([]string{"bench", "--scaling"}, tc.args...)...)
+		require.Equal(t, exitBadInput, code, "%v: %s", tc.args, errOut)
+		require.Contains(t, errOut, tc.wantErr, tc.args)
+	}
+}

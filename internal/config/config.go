@@ -305,6 +305,21 @@ func Load(path string, environ []string) (Config, error) {
 	return cfg, nil
 }
 
+// Marshal returns c as a configuration file that Load reads back to c:
+// every key, defaults included, so the file alone is the configuration. A
+// string value holding ${VAR} is written as it is, and Load expands it.
+func Marshal(c Config) ([]byte, error) {
+	m, err := structs.Provider(c, "koanf").Read()
+	if err != nil {
+		return nil, fmt.Errorf("marshal config: %w", err)
+	}
+	out, err := yaml.Parser().Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("marshal config: %w", err)
+	}
+	return out, nil
+}
+
 // envName is the environment variable that overrides key.
 func envName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))

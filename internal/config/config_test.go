@@ -98,3 +98,30 @@ func TestLoadExpandsOnlyValuesAndExampleLoads(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "nats://127.0.0.1:4222", cfg.Bus.NATS.URL)
 }
+
+func TestMarshalLoadsBackToTheSameConfig(t *testing.T) {
+	t.Parallel()
+	cfg := Default()
+	cfg.Owner = "bench-items-1"
+	cfg.Catalog = CatalogConfig{Driver: DriverPostgres, DSN: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&search_path=run_cat"}
+	cfg.Shards = []ShardConfig{
+		{Name: "shard1", Driver: DriverPostgres, DSN: "postgres://postgres@127.0.0.1:5432/test?search_path=run_s1", MaxConns: 16},
+		{Name: "shard2", Driver: DriverPostgres, DSN: "postgres://postgres@127.0.0.1:5432/test?search_path=run_s2", MaxConns: 16},
+	}
+	cfg.Bus.NATS.URL = "nats://127.0.0.1:4222"
+	cfg.Bus.TopicPrefix = "run-"
+	cfg.Publisher.Interval = 500 * time.Millisecond
+	cfg.ItemConsumer.Concurrency = 8
+	cfg.CIS.RatePerSecond = 2.5
+	cfg.HTTP.Addr = "127.0.0.1:9100"
+	cfg.ItemTypes = []ItemTypeConfig{{
+		Name: "refund", Topic: "refunds", CISPath: "/refunds", Mapping: "passthrough",
+		Source: SourceConfig{Table: "refunds", KeyColumn: "id", BillerColumn: "biller_id", CreatedAtColumn: "created_at", EnrichQuery: "select id from refunds where id = :id"},
+	}}
+	require.NoError(t, cfg.Validate())
+	raw, err := Marshal(cfg)
+	require.NoError(t, err)
+	got, err := Load(writeFile(t, string(raw)), []string{})
+	require.NoError(t, err, string(raw))
+	require.Equal(t, cfg, got)
+}
