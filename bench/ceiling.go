@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/datapump/datapump/internal/catalog"
-	"github.com/datapump/datapump/internal/demo"
 	"github.com/datapump/datapump/internal/items"
 	"github.com/datapump/datapump/internal/store"
 	"github.com/datapump/datapump/internal/store/postgres"
@@ -32,7 +31,7 @@ type CeilingResult struct {
 	ItemsPerS float64 `json:"items_per_s"`
 }
 
-// Ceiling sizes: the pump's own batch sizes (demo.Config, which the pump
+// Ceiling sizes: the pump's own batch sizes (pumpConfig, which the pump
 // benchmark runs with) and enough item batches in flight to keep both
 // cores busy.
 const (
@@ -51,7 +50,7 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 	if err := opts.normalize(); err != nil {
 		return CeilingResult{}, err
 	}
-	pumpCfg := demo.Config("", 1)
+	pumpCfg := pumpConfig("", opts)
 	res := CeilingResult{Items: opts.Items, ClaimSize: pumpCfg.BillerConsumer.Batch, ItemBatch: pumpCfg.ItemConsumer.Batch, Workers: ceilingWorkers}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()

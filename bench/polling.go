@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/datapump/datapump/internal/demo"
 	"github.com/datapump/datapump/internal/store"
 )
 
@@ -120,7 +119,7 @@ func pollingPoint(ctx context.Context, opts Options, history int) (PollingPoint,
 	// which brings the watermarks up to the pending items; every later
 	// round counts from there, with the lag of the configuration the pump
 	// benchmark runs.
-	lag := demo.Config("", 1).Publisher.WatermarkLag
+	lag := pumpConfig("", opts).Publisher.WatermarkLag
 	t0 := time.Now()
 	if _, err := st.PendingCount(ctx, store.PendingCountParams{Billers: cutovers, Full: true, WatermarkLag: lag}); err != nil {
 		return p, err

@@ -239,10 +239,7 @@ func openPumpRun(ctx context.Context, opts Options) (_ *pumpRun, err error) {
 		return nil, fmt.Errorf("bench dir: %w", err)
 	}
 	r.closers = append(r.closers, func() { os.RemoveAll(r.dir) })
-	r.cfg = demo.Config(r.dir, opts.Shards)
-	r.cfg.Owner = "bench"
-	r.cfg.ItemConsumer.Concurrency = opts.Concurrency
-	r.cfg.CIS.MaxConcurrent = opts.Concurrency
+	r.cfg = pumpConfig(r.dir, opts)
 	if opts.Backend == BackendPostgres {
 		env, err := newPostgresEnv(ctx, opts.PostgresDSN, opts.NATSURL)
 		if err != nil {
@@ -494,4 +491,19 @@ type FairnessRatio struct {
 	SmallP99WithBig float64 `json:"small_p99_ms_with_big"`
 	Ratio           float64 `json:"fairness_ratio"`
 	Duplicates      int     `json:"duplicates"`
+}
+
+// pumpConfig is the configuration the benchmark runs the pump with: the
+// demo's (half-second rounds, a 2 s watermark lag for a writer that
+// commits within milliseconds), opts.Concurrency item handlers per item
+// type, and the production rescue deadline: a 100,000-item backlog keeps
+// items Queued longer than the demo's 15 s with no message lost, and
+// republishing them would only add duplicate messages to the backlog.
+func pumpConfig(dir string, opts Options) config.Config {
+	cfg := demo.Config(dir, opts.Shards)
+	cfg.Owner = "bench"
+	cfg.Publisher.StuckAfter = config.Default().Publisher.StuckAfter
+	cfg.ItemConsumer.Concurrency = opts.Concurrency
+	cfg.CIS.MaxConcurrent = opts.Concurrency
+	return cfg
 }
