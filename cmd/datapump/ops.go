@@ -37,14 +37,17 @@ func statusCmd(env *cliEnv) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Backlog per biller and status across all shards, oldest pending age, failed count",
-		Args:  cobra.NoArgs,
+		Long: "Counts every control record, Processed included, so that its PROCESSED column is true: on a long history " +
+			"this reads each shard's whole control table. The status page and the backlog gauges leave Processed out.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := env.openApp(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer a.Close()
-			billers, err := pump.Backlog(cmd.Context(), a.Catalog, a.Shards)
+			// An operator's one-off look: its PROCESSED column may read the history.
+			billers, err := pump.Backlog(cmd.Context(), a.Catalog, a.Shards, pump.BacklogParams{WithProcessed: true})
 			if err != nil {
 				return err
 			}

@@ -99,7 +99,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) status(ctx context.Context) Status {
 	st := Status{GeneratedAt: time.Now().UTC(), Refresh: int(s.refresh().Seconds())}
-	billers, err := pump.Backlog(ctx, s.Catalog, s.Shards)
+	// Without Processed records: the page reloads itself every few seconds
+	// in every operator's browser, and must not read the history each time.
+	billers, err := pump.Backlog(ctx, s.Catalog, s.Shards, pump.BacklogParams{})
 	st.Billers = billers
 	var errs []error
 	if err != nil {

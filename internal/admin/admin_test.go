@@ -39,7 +39,12 @@ type fakeShard struct {
 	now     time.Time
 }
 
-func (s fakeShard) ControlCountByStatus(context.Context) ([]store.StatusCount, error) {
+// ControlCountByStatus refuses to count Processed records: the status page
+// must not read the history.
+func (s fakeShard) ControlCountByStatus(_ context.Context, p store.ControlCountParams) ([]store.StatusCount, error) {
+	if p.WithProcessed {
+		return nil, errors.New("the status page counted Processed records")
+	}
 	return s.counts, s.err
 }
 
@@ -92,9 +97,9 @@ func TestStatusPageListsEveryBillerWithCountsAndFailures(t *testing.T) {
 	t.Parallel()
 	ts := newServer(t, fakeShard{
 		counts: []store.StatusCount{
-			{BillerID: "b1", Status: store.StatusProcessed, Count: 41},
+			{BillerID: "b1", Status: store.StatusQueued, Count: 41},
 			{BillerID: "b1", Status: store.StatusFailed, Count: 2},
-			{BillerID: "gone", Status: store.StatusProcessed, Count: 5},
+			{BillerID: "gone", Status: store.StatusSkipped, Count: 5},
 		},
 		pending: []store.BillerPending{{BillerID: "b1", Pending: 9, OldestCreatedAt: time.Date(2026, 3, 1, 11, 58, 30, 0, time.UTC)}},
 		failed: []store.Control{{
@@ -116,7 +121,11 @@ func TestStatusPageListsEveryBillerWithCountsAndFailures(t *testing.T) {
 	require.Equal(t, []string{"", "off", "", "off"}, classes)
 	require.Contains(t, page, `<meta http-equiv="refresh" content="7">`)
 	require.Contains(t, page, "<td>9</td><td>1m30s</td>", "pending count and oldest pending age of b1")
+	require.Contains(t, page, "<td>1m30s</td>\n<td>0</td><td>41</td><td>0</td>\n<td class=\"failed\">2</td><td>0</td></tr>",
+		"b1's Fetched, Queued, Processing, Failed and Skipped")
 	require.Contains(t, page, `<td class="failed">2</td>`)
+	require.NotContains(t, page, "<th>Processed</th>", "Processed records are not counted, so not shown")
+	require.Contains(t, page, `id="processed-note"`, "the page says where they are counted")
 	require.Contains(t, page, "<td>shard1:payment:7</td>")
 	require.Contains(t, page, "cis: 422 &lt;script&gt;alert(1)&lt;/script&gt;")
 	require.NotContains(t, page, "<script>")
@@ -128,6 +137,9 @@ func TestStatusPageListsEveryBillerWithCountsAndFailures(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(body), &st))
 	require.Len(t, st.Billers, 4)
 	require.Equal(t, int64(9), st.Billers[0].Pending)
+	require.Equal(t, map[store.Status]int64{
+		store.StatusNew: 0, store.StatusFetched: 0, store.StatusQueued: 41, store.StatusProcessing: 0, store.StatusFailed: 2, store.StatusSkipped: 0,
+	}, st.Billers[0].ByStatus, "every status counted, zero included, and no Processed")
 	require.Equal(t, 90*time.Second, st.Billers[0].OldestPendingAge)
 	require.Equal(t, []admin.Failure{{MessageID: "shard1:payment:7", BillerID: "b1", Attempts: 3, Error: `cis: 422 <script>alert(1)</script>`, FailedAt: time.Date(2026, 3, 1, 11, 0, 0, 0, time.UTC)}}, st.Failures)
 }

@@ -164,9 +164,11 @@ func (a *App) Deps(events pump.Events) *pump.Deps {
 	}
 }
 
-// Backlog reads every biller's backlog and refreshes the breaker gauges.
+// Backlog reads every biller's backlog without Processed records (the
+// metrics refresher runs it every publisher interval on every pod, so it
+// must not read the history) and refreshes the breaker gauges.
 func (a *App) Backlog(ctx context.Context) ([]pump.BillerBacklog, error) {
-	billers, err := pump.Backlog(ctx, a.Catalog, a.Shards)
+	billers, err := pump.Backlog(ctx, a.Catalog, a.Shards, pump.BacklogParams{})
 	if a.CIS != nil {
 		for _, b := range billers {
 			a.Metrics.CISBreakerState.WithLabelValues(b.BillerID).Set(breakerValue(a.CIS.BreakerState(b.BillerID)))

@@ -20,17 +20,39 @@ type BillerBacklog struct {
 	Pending int64 `json:"pending"`
 	// OldestPendingAge is the age of the oldest pending item, by the shard's clock.
 	OldestPendingAge time.Duration `json:"oldest_pending_age_ns"`
-	// ByStatus counts control records per status.
+	// ByStatus counts control records per status. It has an entry, zero
+	// included, for each status that was counted: every status but
+	// Processed, and Processed too when the backlog was read WithProcessed.
 	ByStatus map[store.Status]int64 `json:"by_status"`
+}
+
+// BacklogParams says what Backlog counts.
+type BacklogParams struct {
+	// WithProcessed also counts Processed records. They are the history, so
+	// this reads every shard's whole control table: operators ask for it
+	// (datapump status); what runs on its own, every interval or on every
+	// page load, does not.
+	WithProcessed bool
+}
+
+// countedStatuses returns ByStatus with a zero entry for each status p counts.
+func (p BacklogParams) countedStatuses() map[store.Status]int64 {
+	out := make(map[store.Status]int64, len(store.Statuses))
+	for _, st := range store.Statuses {
+		if st != store.StatusProcessed || p.WithProcessed {
+			out[st] = 0
+		}
+	}
+	return out
 }
 
 // Failed returns the count of Failed records.
 func (b BillerBacklog) Failed() int64 { return b.ByStatus[store.StatusFailed] }
 
 // Backlog reads every biller's backlog across all shards: control records
-// per status, and pending items (with the age of the oldest) for billers
-// this pump owns.
-func Backlog(ctx context.Context, cat catalog.Catalog, shards map[string]store.Store) ([]BillerBacklog, error) {
+// per status (Processed only WithProcessed), and pending items (with the
+// age of the oldest) for billers this pump owns.
+func Backlog(ctx context.Context, cat catalog.Catalog, shards map[string]store.Store, p BacklogParams) ([]BillerBacklog, error) {
 	billers, err := cat.BillerList(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list billers: %w", err)
@@ -38,7 +60,7 @@ func Backlog(ctx context.Context, cat catalog.Catalog, shards map[string]store.S
 	out := make(map[string]*BillerBacklog, len(billers))
 	owned := map[string][]store.BillerCutover{}
 	for _, b := range billers {
-		out[b.ID] = &BillerBacklog{BillerID: b.ID, Shard: b.Shard, Mode: b.Mode, ByStatus: map[store.Status]int64{}}
+		out[b.ID] = &BillerBacklog{BillerID: b.ID, Shard: b.Shard, Mode: b.Mode, ByStatus: p.countedStatuses()}
 		if b.Mode != catalog.ModeOff {
 			owned[b.Shard] = append(owned[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
 		}
@@ -46,7 +68,7 @@ func Backlog(ctx context.Context, cat catalog.Catalog, shards map[string]store.S
 	var errs []error
 	for _, name := range sortedKeys(shards) {
 		st := shards[name]
-		counts, err := st.ControlCountByStatus(ctx)
+		counts, err := st.ControlCountByStatus(ctx, store.ControlCountParams{WithProcessed: p.WithProcessed})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("count statuses on shard %s: %w", name, err))
 			continue
@@ -55,7 +77,7 @@ func Backlog(ctx context.Context, cat catalog.Catalog, shards map[string]store.S
 			b, ok := out[c.BillerID]
 			if !ok {
 				// Records of a biller no longer in the catalog still count.
-				b = &BillerBacklog{BillerID: c.BillerID, Shard: name, Mode: catalog.ModeOff, ByStatus: map[store.Status]int64{}}
+				b = &BillerBacklog{BillerID: c.BillerID, Shard: name, Mode: catalog.ModeOff, ByStatus: p.countedStatuses()}
 				out[c.BillerID] = b
 			}
 			b.ByStatus[c.Status] += c.Count

@@ -395,6 +395,17 @@ type PendingListParams struct {
 	Full      bool
 }
 
+// ControlCountParams says which control records ControlCountByStatus
+// counts.
+type ControlCountParams struct {
+	// WithProcessed also counts Processed records. They are the history,
+	// every item ever delivered, so the count reads the whole table: only
+	// operators ask for it (datapump status). Without it every other status
+	// is counted from an index of the records that are not Processed, whose
+	// size follows the backlog and operators' actions, not the history.
+	WithProcessed bool
+}
+
 // StatusCount is a count of control records of one biller in one status.
 type StatusCount struct {
 	BillerID string
@@ -452,8 +463,10 @@ type Store interface {
 	ControlGet(ctx context.Context, key ItemKey) (Control, error)
 	// ControlList lists control records for operators, newest first.
 	ControlList(ctx context.Context, p ControlListParams) ([]Control, error)
-	// ControlCountByStatus counts records per biller and status.
-	ControlCountByStatus(ctx context.Context) ([]StatusCount, error)
+	// ControlCountByStatus counts records per biller and status, one row
+	// for each pair that has records, ordered by biller and then by the
+	// status's place in Statuses; Processed records only WithProcessed.
+	ControlCountByStatus(ctx context.Context, p ControlCountParams) ([]StatusCount, error)
 	// ControlRetry moves Failed records matching the filter back to Queued
 	// (attempts reset to 0, next attempt now, version+1, last error kept)
 	// and returns them as they are after the move; with DryRun it changes

@@ -51,7 +51,11 @@ func (r *BacklogRefresher) Refresh(ctx context.Context) error {
 	for _, b := range billers {
 		r.M.Backlog.WithLabelValues(b.BillerID, "Pending").Set(float64(b.Pending))
 		for _, s := range store.Statuses {
-			r.M.Backlog.WithLabelValues(b.BillerID, string(s)).Set(float64(b.ByStatus[s]))
+			// A status the backlog did not count (Processed, the history,
+			// unless read WithProcessed) gets no series rather than a false zero.
+			if n, counted := b.ByStatus[s]; counted {
+				r.M.Backlog.WithLabelValues(b.BillerID, string(s)).Set(float64(n))
+			}
 		}
 		r.M.OldestPendingAge.WithLabelValues(b.BillerID).Set(b.OldestPendingAge.Seconds())
 	}

@@ -59,7 +59,7 @@ func NewMetrics() *Metrics {
 			Name: MetricItems, Help: "Work items by pipeline stage and outcome.",
 		}, []string{"stage", "outcome"}),
 		Backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: MetricBacklog, Help: "Items per biller and status (Pending = no control record yet), refreshed from the shard databases.",
+			Name: MetricBacklog, Help: "Items per biller and status (Pending = no control record yet; Processed records, the history, are not counted), refreshed from the shard databases.",
 		}, []string{"biller", "status"}),
 		OldestPendingAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: MetricOldestPendingAge, Help: "Age of the oldest pending item per biller.",

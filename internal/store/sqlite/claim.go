@@ -246,9 +246,12 @@ func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPen
 	return out, nil
 }
 
+// claimItemSQL moves the record claimItem read to Processing for the
+// claimer. The retry time it waited for is cleared, as in the other
+// adapters: it has passed, and a record held by a worker has none.
 const claimItemSQL = `UPDATE datapump_control SET
     status = 'Processing', version = version + 1, owner = :owner,
-    attempts = attempts + :takeover, lease_until = :now + :lease,
+    attempts = attempts + :takeover, lease_until = :now + :lease, next_attempt_at = NULL,
     processing_at = :now, updated_at = :now
 WHERE item_type = :type AND item_id = :id AND version = :version
 RETURNING ` + controlColumns

@@ -143,10 +143,16 @@ func (s *Store) ControlExtendLease(ctx context.Context, f store.Fenced, lease ti
 	return ok, nil
 }
 
+// finishSQL ends a held claim. The owner stays, naming the worker that
+// finished it; the last error is replaced only by a non-empty one, so a
+// Processed finish keeps the error of the attempt before; the time of the
+// other end is cleared (a retried Failed record that is then Processed has
+// no failed-at), as in the other adapters.
 const finishSQL = `UPDATE datapump_control SET
-    status = :status, version = version + 1, owner = '', lease_until = NULL, last_error = :error,
-    processed_at = CASE WHEN :status = 'Processed' THEN ` + nowMS + ` ELSE processed_at END,
-    failed_at = CASE WHEN :status = 'Failed' THEN ` + nowMS + ` ELSE failed_at END,
+    status = :status, version = version + 1, lease_until = NULL,
+    last_error = CASE WHEN :error <> '' THEN :error ELSE last_error END,
+    processed_at = CASE WHEN :status = 'Processed' THEN ` + nowMS + ` END,
+    failed_at = CASE WHEN :status = 'Failed' THEN ` + nowMS + ` END,
     updated_at = ` + nowMS + whereHeld
 
 // ControlFinish ends a claim as Processed or Failed; false means the caller
@@ -346,10 +352,31 @@ func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]s
 	return out, nil
 }
 
-// ControlCountByStatus counts records per biller and status.
-func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, error) {
-	rows, err := s.read.QueryContext(ctx,
-		`SELECT biller_id, status, COUNT(*) FROM datapump_control GROUP BY biller_id, status ORDER BY biller_id, status`)
+// countByStatusSQL counts records per biller and status, in pipeline order
+// of the status (the statuses are the port's constants, not input).
+// Without Processed records it filters on status <> 'Processed' exactly as
+// the partial index datapump_control_open_biller_status (migration 00005)
+// is defined, the only form SQLite matches it with, and reads the open
+// records from that covering index; with them it reads the table.
+func countByStatusSQL(withProcessed bool) string {
+	var order strings.Builder
+	for i, st := range store.Statuses {
+		fmt.Fprintf(&order, " WHEN '%s' THEN %d", st, i)
+	}
+	where := ` WHERE status <> 'Processed'`
+	if withProcessed {
+		where = ``
+	}
+	return `SELECT biller_id, status, COUNT(*) FROM datapump_control` + where + `
+GROUP BY biller_id, status
+ORDER BY biller_id, CASE status` + order.String() + ` END, status`
+}
+
+// ControlCountByStatus counts records per biller and status, ordered by
+// biller and then pipeline order of the status; Processed records only
+// WithProcessed.
+func (s *Store) ControlCountByStatus(ctx context.Context, p store.ControlCountParams) ([]store.StatusCount, error) {
+	rows, err := s.read.QueryContext(ctx, countByStatusSQL(p.WithProcessed))
 	if err != nil {
 		return nil, fmt.Errorf("count control records: %w", err)
 	}

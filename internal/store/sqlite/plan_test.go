@@ -19,7 +19,8 @@ import (
 // pending count and claim read the (biller_id, created_at) index of each
 // source table and probe the control table by primary key, so their cost
 // follows the rows since the cut-over rather than the table; the rescuer
-// and the fenced updates use the control table's indexes.
+// and the fenced updates use the control table's indexes, and the backlog
+// count reads only the records that are not Processed.
 func TestQueryPlansUseIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -115,6 +116,16 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		noTableScan("retry", retry)
 		requireLine("retry", retry, "SEARCH datapump_control USING PRIMARY KEY")
 	}
+
+	// The backlog count reads the open records from their partial index;
+	// only operators' count with Processed reads the table.
+	count := plan(countByStatusSQL(false))
+	requireLine("count by status", count, "USING COVERING INDEX datapump_control_open_biller_status")
+	for _, l := range count {
+		require.False(t, strings.HasPrefix(l, "SCAN datapump_control") && !strings.Contains(l, "datapump_control_open_biller_status"),
+			"count by status reads the table: %q in\n%s", l, strings.Join(count, "\n"))
+	}
+	requireLine("count by status with Processed", plan(countByStatusSQL(true)), "SCAN datapump_control")
 
 	noTableScan("bump", plan(bumpSQL, sql.Named("now", 1), sql.Named("items", "[]")))
 	noTableScan("claim item", plan(claimItemSQL, sql.Named("owner", "w"), sql.Named("takeover", 0), sql.Named("now", 1),

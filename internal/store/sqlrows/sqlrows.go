@@ -10,11 +10,12 @@ import (
 	"github.com/datapump/datapump/internal/store"
 )
 
-// FirstRowMap reads the first row of rows by column name, converting each
-// value with convert (nil keeps the driver's value), and closes rows. found
-// is false when the result is empty.
-func FirstRowMap(rows *sql.Rows, convert func(col *sql.ColumnType, v any) any) (row map[string]any, found bool, err error) {
-	defer rows.Close()
+// FirstRow reads the first row of rows' current result set by column name,
+// converting each value with convert (nil keeps the driver's value). found
+// is false when the result set is empty. It leaves rows open, so that a
+// caller reading several result sets can go on past the rest of this one
+// to the next; FirstRowMap is for a caller that wants only this row.
+func FirstRow(rows *sql.Rows, convert func(col *sql.ColumnType, v any) any) (row map[string]any, found bool, err error) {
 	types, err := rows.ColumnTypes()
 	if err != nil {
 		return nil, false, err
@@ -30,14 +31,20 @@ func FirstRowMap(rows *sql.Rows, convert func(col *sql.ColumnType, v any) any) (
 	if err := rows.Scan(ptrs...); err != nil {
 		return nil, false, err
 	}
-	out := make(map[string]any, len(types))
+	row = make(map[string]any, len(types))
 	for i, t := range types {
 		if convert != nil {
 			vals[i] = convert(t, vals[i])
 		}
-		out[t.Name()] = vals[i]
+		row[t.Name()] = vals[i]
 	}
-	return out, true, nil
+	return row, true, nil
+}
+
+// FirstRowMap reads the first row of rows as FirstRow does and closes rows.
+func FirstRowMap(rows *sql.Rows, convert func(col *sql.ColumnType, v any) any) (row map[string]any, found bool, err error) {
+	defer rows.Close()
+	return FirstRow(rows, convert)
 }
 
 // StatusCounts reads (biller_id, status, count) rows and closes rows.

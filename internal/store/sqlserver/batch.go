@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // compareKeys orders item keys by type, then id: the order the batches
@@ -428,7 +429,7 @@ func readEnrichBatch(rows *sql.Rows, keys []store.ItemKey, out []store.EnrichRes
 				return
 			}
 		case current >= 0 && !answered[current]:
-			row, found, err := firstRow(rows)
+			row, found, err := sqlrows.FirstRow(rows, plainColumnValue)
 			if err != nil {
 				return
 			}

@@ -703,23 +703,51 @@ func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]s
 }
 
 // countByStatusSQL counts records per biller and status, in pipeline order
-// of the status. The statuses are the port's constants, not input. Locking
-// review: a plain read over IX_datapump_control_biller_status; shared locks
-// are released row by row, so it never holds up the claimers.
-func (s *Store) countByStatusSQL() string {
+// of the status. The statuses are the port's constants, not input.
+//
+// Without Processed records the count must read the filtered index
+// IX_datapump_control_open_biller_status (migration 00005), which covers it,
+// and never the history. Assumed, for the optimizer to match that index:
+//   - the predicate is the index's filter as a literal, status <>
+//     N'Processed': a parameter for the status would compile to a plan for
+//     any value, which the filtered index cannot serve;
+//   - OPTION (RECOMPILE) keeps that literal a literal on a database a DBA
+//     set to PARAMETERIZATION FORCED, which would otherwise turn it into a
+//     parameter (forced parameterization leaves statements with RECOMPILE
+//     alone); the compilation is cheap beside the scan it avoids, once per
+//     publisher interval per pod;
+//   - the session runs with the SET options filtered indexes need
+//     (ANSI_NULLS, ANSI_PADDING, ANSI_WARNINGS, ARITHABORT,
+//     CONCAT_NULL_YIELDS_NULL, QUOTED_IDENTIFIER ON, NUMERIC_ROUNDABORT
+//     OFF): sessionInit sets them on every connection of the pool Open
+//     makes. With other options the optimizer would silently pass the index
+//     over.
+//
+// With Processed records it reads the table: operators only.
+//
+// Locking review: a plain read; shared locks are released row by row, so it
+// never holds up the claimers.
+func (s *Store) countByStatusSQL(withProcessed bool) string {
 	var order strings.Builder
 	for i, st := range store.Statuses {
 		fmt.Fprintf(&order, " WHEN N'%s' THEN %d", st, i)
 	}
-	return `SELECT biller_id, status, COUNT_BIG(*) FROM ` + s.t.control + `
+	where, option := `
+WHERE status <> N'Processed'`, `
+OPTION (RECOMPILE)`
+	if withProcessed {
+		where, option = ``, ``
+	}
+	return `SELECT biller_id, status, COUNT_BIG(*) FROM ` + s.t.control + where + `
 GROUP BY biller_id, status
-ORDER BY biller_id, CASE status` + order.String() + ` END, status`
+ORDER BY biller_id, CASE status` + order.String() + ` END, status` + option
 }
 
 // ControlCountByStatus counts records per biller and status, ordered by
-// biller and then pipeline order of the status.
-func (s *Store) ControlCountByStatus(ctx context.Context) ([]store.StatusCount, error) {
-	rows, err := s.db.QueryContext(ctx, s.countByStatusSQL())
+// biller and then pipeline order of the status; Processed records only
+// WithProcessed.
+func (s *Store) ControlCountByStatus(ctx context.Context, p store.ControlCountParams) ([]store.StatusCount, error) {
+	rows, err := s.db.QueryContext(ctx, s.countByStatusSQL(p.WithProcessed))
 	if err != nil {
 		return nil, fmt.Errorf("count control records: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	mssql "github.com/microsoft/go-mssqldb"
 
 	"github.com/datapump/datapump/internal/store"
+	"github.com/datapump/datapump/internal/store/sqlrows"
 )
 
 // ItemEnrich runs the item type's enrichment query for one item, with :id
@@ -27,40 +28,17 @@ func (s *Store) ItemEnrich(ctx context.Context, key store.ItemKey) (map[string]a
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	defer rows.Close()
-	row, found, err := firstRow(rows)
+	row, found, err := sqlrows.FirstRowMap(rows, plainColumnValue)
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
 	return enriched(key, row, found)
 }
 
-// firstRow reads the first row of rows' current result set by column
-// name, in plain values (see plainValue); found is false when the result
-// set is empty. It leaves rows open, so that ItemEnrichBatch can go on to
-// the next result set (sqlrows.FirstRowMap closes them).
-func firstRow(rows *sql.Rows) (row map[string]any, found bool, err error) {
-	types, err := rows.ColumnTypes()
-	if err != nil {
-		return nil, false, err
-	}
-	if !rows.Next() {
-		return nil, false, rows.Err()
-	}
-	vals := make([]any, len(types))
-	ptrs := make([]any, len(types))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := rows.Scan(ptrs...); err != nil {
-		return nil, false, err
-	}
-	row = make(map[string]any, len(types))
-	for i, t := range types {
-		row[t.Name()] = plainValue(t.DatabaseTypeName(), vals[i])
-	}
-	return row, true, nil
-}
+// plainColumnValue converts a value of a result set's column as
+// plainValue does, for sqlrows.FirstRowMap (ItemEnrich) and
+// sqlrows.FirstRow (ItemEnrichBatch, which goes on to the next result set).
+func plainColumnValue(col *sql.ColumnType, v any) any { return plainValue(col.DatabaseTypeName(), v) }
 
 // enriched is an enrichment's result for key: its row, or
 // store.ErrRelatedMissing when the query found none.

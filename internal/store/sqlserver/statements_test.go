@@ -95,7 +95,8 @@ func allStatements(t *testing.T) []statement {
 	add("control-list")(must(s.controlListSQL(store.ControlListParams{})))
 	add("control-list-filtered")(must(s.controlListSQL(store.ControlListParams{BillerID: "b1", ItemType: items.Payment,
 		Statuses: []store.Status{store.StatusFetched, store.StatusQueued}, Limit: 10})))
-	add("count-by-status")(s.countByStatusSQL(), nil)
+	add("count-by-status")(s.countByStatusSQL(false), nil)
+	add("count-by-status-with-processed")(s.countByStatusSQL(true), nil)
 	add("retry")(must(s.retrySQL(store.ControlRetryParams{}, false)))
 	filtered := store.ControlRetryParams{BillerID: "b1", ItemType: items.Payment, FailedFrom: at, FailedTo: at.Add(time.Hour),
 		Keys: []store.ItemKey{key}, Limit: 10}
@@ -323,6 +324,14 @@ func TestQueueScansMatchFilteredIndexes(t *testing.T) {
 		require.Contains(t, migration, "WHERE "+filter, "the migration has a filtered index on %s", filter)
 		require.Contains(t, byName[stmt], filter, "%s carries the index's filter", stmt)
 	}
+	// The backlog count reads the open records from their filtered index,
+	// with the filter as a literal that forced parameterization leaves be.
+	open := byName["migration 00005_open_biller_status.sql"]
+	require.Contains(t, open, "(biller_id, status)\n    WHERE status <> N'Processed';", "00005 filters the backlog index")
+	require.Contains(t, byName["count-by-status"], "WHERE status <> N'Processed'", "the backlog count carries the index's filter")
+	require.Contains(t, byName["count-by-status"], "OPTION (RECOMPILE)", "the backlog count's literal is not parameterized")
+	require.NotContains(t, byName["count-by-status-with-processed"], "WHERE ", "with Processed, every record is counted")
+
 	// The claim of New records and every fenced update reach the table
 	// through its clustered key (item_type, item_id).
 	require.Contains(t, migration, "PRIMARY KEY CLUSTERED (item_type, item_id)")
@@ -340,7 +349,7 @@ func TestMigrationsRender(t *testing.T) {
 	names, err := fs.Glob(fsys, "*.sql")
 	require.NoError(t, err)
 	sort.Strings(names)
-	require.Equal(t, []string{"00001_control.sql", "00002_biller.sql", "00004_watermark.sql"}, names, "versioned files")
+	require.Equal(t, []string{"00001_control.sql", "00002_biller.sql", "00004_watermark.sql", "00005_open_biller_status.sql"}, names, "versioned files")
 	for _, name := range names {
 		b, err := fs.ReadFile(fsys, name)
 		require.NoError(t, err)
@@ -348,7 +357,7 @@ func TestMigrationsRender(t *testing.T) {
 		require.NotContains(t, text, schemaPlaceholder)
 		require.Contains(t, text, "-- +goose Up")
 		require.Contains(t, text, "-- +goose Down")
-		require.Contains(t, text, "CREATE TABLE [billing].[datapump_")
+		require.Regexp(t, `(CREATE TABLE|CREATE INDEX \[\w+\] ON) \[billing\]\.\[datapump_`, text, "%s creates the pump's own objects in the schema", name)
 		require.NotRegexp(t, `(?i)\b(payments|paperless_registrations|accounts)\b`, stripLiterals(text), "%s touches no source table", name)
 	}
 }

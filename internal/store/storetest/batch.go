@@ -47,6 +47,10 @@ func testClaimBatchOutcomes(e *env) {
 	require.NoError(e.t, err)
 	require.True(e.t, ok)
 	expired := e.processing(q[4].ItemKey, "w0", expire)
+	due := e.processing(q[6].ItemKey, "w0", hour)
+	ok, err = e.s.ControlRelease(e.ctx, store.ControlReleaseParams{Fenced: store.Fenced{ItemKey: due.ItemKey, Version: due.Version}, Error: "503", RetryIn: expire})
+	require.NoError(e.t, err)
+	require.True(e.t, ok)
 	time.Sleep(pause)
 
 	claim := func(k store.ItemKey) store.ControlClaimItemParams {
@@ -77,6 +81,7 @@ func testClaimBatchOutcomes(e *env) {
 	require.Equal(e.t, q[0].ItemKey, got[0].Control.ItemKey)
 	require.Equal(e.t, fetched.ItemKey, got[1].Control.ItemKey)
 	require.Equal(e.t, q[6].ItemKey, got[12].Control.ItemKey)
+	require.True(e.t, got[12].Control.NextAttemptAt.IsZero(), "the claim clears the retry time it waited for: %s", got[12].Control.NextAttemptAt)
 	require.Greater(e.t, got[5].Control.Version, expired.Version, "a takeover is a new version")
 	require.Equal(e.t, expired.Attempts+1, got[5].Control.Attempts, "a takeover counts an attempt")
 	require.Equal(e.t, "direct", got[7].Control.Origin)
@@ -193,6 +198,11 @@ func testFinishBatch(e *env) {
 		p[i] = e.processing(q[i].ItemKey, "w", hour)
 	}
 	fence := func(c store.Control) store.Fenced { return store.Fenced{ItemKey: c.ItemKey, Version: c.Version} }
+	// The fourth claim's earlier attempt failed transiently.
+	released, err := e.s.ControlRelease(e.ctx, store.ControlReleaseParams{Fenced: fence(p[3]), Error: "503 unavailable"})
+	require.NoError(e.t, err)
+	require.True(e.t, released)
+	p[3] = e.processing(q[3].ItemKey, "w2", hour)
 	stale := fence(p[2])
 	stale.Version--
 	ps := []store.ControlFinishParams{
@@ -214,12 +224,18 @@ func testFinishBatch(e *env) {
 	require.Greater(e.t, r.Version, p[0].Version)
 	requireBetween(e, t0, t1, r.ProcessedAt, "processed-at")
 	require.True(e.t, r.LeaseUntil.IsZero(), "no lease once finished")
+	require.Equal(e.t, "w", r.Owner, "the owner names the worker that finished it")
+	require.Empty(e.t, r.LastError)
 	r = e.get(p[1].ItemKey)
 	require.Equal(e.t, store.StatusFailed, r.Status)
 	require.Equal(e.t, "rejected", r.LastError)
 	requireBetween(e, t0, t1, r.FailedAt, "failed-at")
+	require.Equal(e.t, "w", r.Owner)
 	require.Equal(e.t, p[2], e.get(p[2].ItemKey), "a stale version changes nothing")
-	require.Equal(e.t, store.StatusProcessed, e.get(p[3].ItemKey).Status)
+	r = e.get(p[3].ItemKey)
+	require.Equal(e.t, store.StatusProcessed, r.Status)
+	require.Equal(e.t, "503 unavailable", r.LastError, "a finish without an error keeps the last one")
+	require.Equal(e.t, "w2", r.Owner)
 	require.Equal(e.t, store.StatusQueued, e.get(q[4].ItemKey).Status, "a record that is not Processing changes nothing")
 
 	ok, err = e.s.ControlFinishBatch(e.ctx, ps[:1])
@@ -231,6 +247,21 @@ func testFinishBatch(e *env) {
 	ok, err = e.s.ControlFinishBatch(e.ctx, nil)
 	require.NoError(e.t, err)
 	require.Empty(e.t, ok)
+
+	// The failed one, retried and then delivered, keeps its error and loses
+	// its failure time.
+	retried, err := e.s.ControlRetry(e.ctx, store.ControlRetryParams{Keys: []store.ItemKey{p[1].ItemKey}})
+	require.NoError(e.t, err)
+	require.Len(e.t, retried, 1)
+	again := e.processing(p[1].ItemKey, "w3", hour)
+	ok, err = e.s.ControlFinishBatch(e.ctx, []store.ControlFinishParams{{Fenced: fence(again), Status: store.StatusProcessed}})
+	require.NoError(e.t, err)
+	require.Equal(e.t, []bool{true}, ok)
+	r = e.get(p[1].ItemKey)
+	require.Equal(e.t, store.StatusProcessed, r.Status)
+	require.Equal(e.t, "rejected", r.LastError)
+	require.True(e.t, r.FailedAt.IsZero(), "a Processed finish clears failed-at")
+	require.Equal(e.t, "w3", r.Owner)
 }
 
 // testItemEnrichBatch: each row is ItemEnrich's, each error its error.

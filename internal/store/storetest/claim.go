@@ -327,7 +327,7 @@ func testExtendLease(e *env) {
 }
 
 func testFinish(e *env) {
-	e.payments("b1", 2, time.Time{})
+	e.payments("b1", 5, time.Time{})
 	q := e.queued("b1")
 
 	p := e.processing(q[0].ItemKey, "w", hour)
@@ -342,6 +342,9 @@ func testFinish(e *env) {
 	requireBetween(e, t0, t1, r.ProcessedAt, "processed-at")
 	requireBetween(e, t0, t1, r.UpdatedAt, "updated-at")
 	require.True(e.t, r.FailedAt.IsZero())
+	require.True(e.t, r.LeaseUntil.IsZero(), "no lease once finished")
+	require.Equal(e.t, "w", r.Owner, "the owner names the worker that finished it")
+	require.Empty(e.t, r.LastError)
 
 	ok, err = e.s.ControlFinish(e.ctx, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: p.ItemKey, Version: p.Version}, Status: store.StatusProcessed})
 	require.NoError(e.t, err)
@@ -357,6 +360,46 @@ func testFinish(e *env) {
 	require.Equal(e.t, "400 bad request: account closed", r.LastError)
 	require.False(e.t, r.FailedAt.IsZero(), "failed-at")
 	require.True(e.t, r.ProcessedAt.IsZero())
+	require.Equal(e.t, "w", r.Owner)
+
+	// Retried and then delivered: the error of the failed attempt stays,
+	// the failure time goes.
+	retried, err := e.s.ControlRetry(e.ctx, store.ControlRetryParams{Keys: []store.ItemKey{p.ItemKey}})
+	require.NoError(e.t, err)
+	require.Len(e.t, retried, 1)
+	p = e.processing(p.ItemKey, "w2", hour)
+	e.finish(p, store.StatusProcessed)
+	r = e.get(p.ItemKey)
+	require.Equal(e.t, store.StatusProcessed, r.Status)
+	require.Equal(e.t, "400 bad request: account closed", r.LastError, "a finish without an error keeps the last one")
+	require.True(e.t, r.FailedAt.IsZero(), "a Processed finish clears failed-at")
+	require.False(e.t, r.ProcessedAt.IsZero())
+	require.Equal(e.t, "w2", r.Owner)
+
+	// A finish without an error keeps the last one and one with an error
+	// replaces it, whichever the status; the owner stays.
+	for i, tc := range []struct {
+		status      store.Status
+		err, result string
+	}{
+		{store.StatusProcessed, "", "503 unavailable"},
+		{store.StatusFailed, "", "503 unavailable"},
+		{store.StatusFailed, "422 unprocessable", "422 unprocessable"},
+	} {
+		k := q[2+i].ItemKey
+		p = e.processing(k, "w", hour)
+		ok, err = e.s.ControlRelease(e.ctx, store.ControlReleaseParams{Fenced: store.Fenced{ItemKey: k, Version: p.Version}, Error: "503 unavailable"})
+		require.NoError(e.t, err)
+		require.True(e.t, ok)
+		p = e.processing(k, "w3", hour)
+		ok, err = e.s.ControlFinish(e.ctx, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: k, Version: p.Version}, Status: tc.status, Error: tc.err})
+		require.NoError(e.t, err)
+		require.True(e.t, ok)
+		r = e.get(k)
+		require.Equal(e.t, tc.status, r.Status)
+		require.Equal(e.t, tc.result, r.LastError, "%s with error %q", tc.status, tc.err)
+		require.Equal(e.t, "w3", r.Owner, "%s keeps the owner", tc.status)
+	}
 }
 
 func testRelease(e *env) {
@@ -394,6 +437,8 @@ func testRelease(e *env) {
 	p2 := e.processing(q[1].ItemKey, "w2", hour)
 	require.Equal(e.t, 1, p2.Attempts, "attempts survive the next claim")
 	require.Equal(e.t, "timeout", p2.LastError, "the last error is kept")
+	require.True(e.t, p2.NextAttemptAt.IsZero(), "the claim clears the retry time it waited for: %s", p2.NextAttemptAt)
+	require.Equal(e.t, p2, e.get(p2.ItemKey), "the claim returns the record as stored")
 	ok, err = e.s.ControlRelease(e.ctx, store.ControlReleaseParams{Fenced: store.Fenced{ItemKey: p2.ItemKey, Version: p2.Version}, Error: "timeout again"})
 	require.NoError(e.t, err)
 	require.True(e.t, ok)

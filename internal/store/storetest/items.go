@@ -61,13 +61,81 @@ func testControlGetListCount(e *env) {
 		require.Equal(e.t, "b2", c.BillerID)
 	}
 
-	counts, err := e.s.ControlCountByStatus(e.ctx)
-	require.NoError(e.t, err)
-	got := map[string]int64{}
-	for _, c := range counts {
-		got[c.BillerID+"/"+string(c.Status)] += c.Count
+	require.Equal(e.t, map[string]int64{"b1/Fetched": 2, "b1/Queued": 1, "b2/Fetched": 1}, e.countByStatus(store.ControlCountParams{}))
+	require.Equal(e.t, map[string]int64{"b1/Fetched": 2, "b1/Queued": 1, "b1/Processed": 1, "b2/Fetched": 1},
+		e.countByStatus(store.ControlCountParams{WithProcessed: true}))
+}
+
+// countByStatus runs ControlCountByStatus and returns its counts by
+// "biller/status", requiring one positive row per pair, ordered by biller
+// and then by the status's place in store.Statuses.
+func (e *env) countByStatus(p store.ControlCountParams) map[string]int64 {
+	e.t.Helper()
+	rows, err := e.s.ControlCountByStatus(e.ctx, p)
+	require.NoError(e.t, err, "count by status %+v", p)
+	place := map[store.Status]int{}
+	for i, st := range store.Statuses {
+		place[st] = i
 	}
-	require.Equal(e.t, map[string]int64{"b1/Fetched": 2, "b1/Queued": 1, "b1/Processed": 1, "b2/Fetched": 1}, got)
+	got := map[string]int64{}
+	for i, r := range rows {
+		k := r.BillerID + "/" + string(r.Status)
+		_, dup := got[k]
+		require.False(e.t, dup, "%s counted twice", k)
+		require.Positive(e.t, r.Count, "%s: a pair without records has no row", k)
+		_, known := place[r.Status]
+		require.True(e.t, known, "%s: unknown status", k)
+		if i > 0 {
+			prev := rows[i-1]
+			require.True(e.t, prev.BillerID < r.BillerID || prev.BillerID == r.BillerID && place[prev.Status] < place[r.Status],
+				"rows ordered by biller, then status: %s before %s", prev.BillerID+"/"+string(prev.Status), k)
+		}
+		got[k] = r.Count
+	}
+	return got
+}
+
+// testControlCountByStatus: without WithProcessed every status but
+// Processed is counted, and a biller with only Processed records has no
+// row; with it every record is.
+func testControlCountByStatus(e *env) {
+	e.payments("b1", 7, time.Time{})
+	c := e.claimPending("b1", time.Time{}, 7, "bc")
+	require.Len(e.t, c, 7)
+	n, err := e.s.ControlMarkQueued(e.ctx, fenced(c[1:]))
+	require.NoError(e.t, err)
+	require.Equal(e.t, 6, n)
+	e.processing(c[1].ItemKey, "w", hour)
+	e.finish(e.processing(c[2].ItemKey, "w", hour), store.StatusProcessed)
+	e.finish(e.processing(c[3].ItemKey, "w", hour), store.StatusProcessed)
+	failed := e.processing(c[4].ItemKey, "w", hour)
+	ok, err := e.s.ControlFinish(e.ctx, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: failed.ItemKey, Version: failed.Version}, Status: store.StatusFailed, Error: "400"})
+	require.NoError(e.t, err)
+	require.True(e.t, ok)
+	ok, err = e.s.ControlSkip(e.ctx, c[5].ItemKey, "biller switched off")
+	require.NoError(e.t, err)
+	require.True(e.t, ok)
+	// b1: 1 Fetched, 1 Queued, 1 Processing, 2 Processed, 1 Failed, 1 Skipped.
+	open := map[string]int64{"b1/Fetched": 1, "b1/Queued": 1, "b1/Processing": 1, "b1/Failed": 1, "b1/Skipped": 1}
+	if e.h.ControlInsertNew != nil {
+		k := e.payments("b1", 1, time.Time{})[0]
+		require.NoError(e.t, e.h.ControlInsertNew(e.ctx, k, "b1"))
+		open["b1/New"] = 1
+	}
+
+	e.payments("b2", 2, time.Time{})
+	q2 := e.queued("b2")
+	e.finish(e.processing(q2[0].ItemKey, "w", hour), store.StatusProcessed)
+	open["b2/Queued"] = 1
+	e.payments("b3", 1, time.Time{})
+	e.finish(e.processing(e.queued("b3")[0].ItemKey, "w", hour), store.StatusProcessed)
+
+	require.Equal(e.t, open, e.countByStatus(store.ControlCountParams{}), "every status but Processed")
+	all := map[string]int64{"b1/Processed": 2, "b2/Processed": 1, "b3/Processed": 1}
+	for k, n := range open {
+		all[k] = n
+	}
+	require.Equal(e.t, all, e.countByStatus(store.ControlCountParams{WithProcessed: true}), "every record")
 }
 
 func testItemEnrich(e *env) {

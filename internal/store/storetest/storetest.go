@@ -37,10 +37,18 @@
 //     expired lease is ClaimAcquired with a new version; ClaimBusy's RetryAt
 //     is the lease end, ClaimNotYet's the NextAttemptAt; an inserted record
 //     takes its biller and created-at from the source row.
+//   - ControlClaimItem and ControlClaimBatch clear NextAttemptAt.
+//   - ControlFinish and ControlFinishBatch keep the owner; they replace
+//     LastError only with a non-empty Error; a Processed finish leaves
+//     FailedAt zero and a Failed one ProcessedAt. A finish to a status
+//     other than Processed or Failed is an error.
 //   - ControlRelease and ControlReclaimExpired clear the owner; a zero
 //     RetryIn is due at once. ControlSkip of an item without a record is
-//     false. ControlFinish to a status other than Processed or Failed is an
-//     error.
+//     false.
+//   - ControlCountByStatus returns one row per biller and status that has
+//     records, ordered by biller and then by the status's place in
+//     store.Statuses; without WithProcessed it counts every status but
+//     Processed, with it every record.
 //   - A zero Limit of ControlList, ControlListStuck and
 //     ControlReclaimExpired means the adapter's default (at least 5).
 //   - ItemEnrich and ItemSource of an unknown item type wrap
@@ -155,6 +163,7 @@ func Exercise(ctx context.Context, t *testing.T, f Features, newHarness func(t *
 		{"ListStuck/BumpsUpdatedAt", testListStuckBumps},
 		{"ReclaimExpired", testReclaimExpired},
 		{"ControlGetListCount", testControlGetListCount},
+		{"ControlCountByStatus", testControlCountByStatus},
 		{"Retry/Record", testRetryRecord},
 		{"Retry/Filters", testRetryFilters},
 		{"Retry/DryRun", testRetryDryRun},
