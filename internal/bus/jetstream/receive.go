@@ -100,13 +100,23 @@ func (b *Bus) Receive(ctx context.Context, topic, subscription string, opts bus.
 		renewEvery: opts.RenewEvery,
 		hctx:       context.WithoutCancel(ctx),
 		log:        b.log.With("topic", topic, "subscription", subscription),
-		slots:      make(chan struct{}, concurrency),
+		work:       make(chan *delivery),
+	}
+	// One long-lived goroutine per handler slot: a goroutine per message
+	// would grow a fresh stack through the handler's deep calls every time.
+	for range concurrency {
+		r.handlers.Go(func() {
+			for d := range r.work {
+				r.handle(d)
+			}
+		})
 	}
 	// Close stops the pulling too, not only ctx.
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(b.life, cancel)()
 	err = r.pull(pctx, prefetch)
+	close(r.work)
 	r.handlers.Wait()
 	if err == nil && ctx.Err() == nil {
 		err = b.checkOpen()
@@ -125,7 +135,7 @@ type receiveLoop struct {
 	renewEvery time.Duration
 	hctx       context.Context
 	log        *slog.Logger
-	slots      chan struct{} // one per running handler
+	work       chan *delivery // to the handler goroutines; a send waits for a free one
 	handlers   sync.WaitGroup
 }
 
@@ -177,21 +187,15 @@ func (r *receiveLoop) dispatch(ctx context.Context, msg jetstream.Msg) {
 		r.handlers.Go(func() { r.expire(d) })
 		return
 	}
+	if ctx.Err() != nil {
+		r.release(d)
+		return
+	}
 	select {
-	case r.slots <- struct{}{}:
+	case r.work <- d:
 	case <-ctx.Done():
 		r.release(d)
-		return
 	}
-	if ctx.Err() != nil { // both cases were ready; prefer stopping
-		<-r.slots
-		r.release(d)
-		return
-	}
-	r.handlers.Go(func() {
-		defer func() { <-r.slots }()
-		r.handle(d)
-	})
 }
 
 // delivery wraps a received message.
