@@ -100,6 +100,14 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 		if err := ctx.Err(); err != nil {
 			return moved, err
 		}
+		// Before each further batch, make sure the message is still ours
+		// (a broker that lost the lock says so); one that takes a single
+		// batch is held by the receive loop's own renewals.
+		if moved > 0 {
+			if err := d.RenewLock(ctx); err != nil {
+				return moved, fmt.Errorf("renew biller message lock: %w", err)
+			}
+		}
 		limit := min(c.cfg.Batch, c.cfg.MaxItemsPerMessage-moved)
 		claimed, err := st.ControlClaimPending(ctx, store.ControlClaimPendingParams{
 			BillerID: b.ID, CutoverAt: b.CutoverAt, From: from, Limit: limit, Owner: c.cfg.Owner,
@@ -129,9 +137,6 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 			created = append(created, cl.SourceCreatedAt)
 		}
 		c.deps.Events.ItemsQueued(b.ID, created)
-		if err := d.RenewLock(ctx); err != nil {
-			return moved, fmt.Errorf("renew biller message lock: %w", err)
-		}
 		if len(claimed) < limit {
 			return moved, nil
 		}

@@ -68,9 +68,12 @@ func ItemMessageID(shard, itemType string, itemID int64) string {
 }
 
 // BillerMessageID is the deterministic MessageID of a biller announcement in
-// one publisher interval (bucket), so two publishers in one interval send one.
+// one publisher interval (bucket, in unix milliseconds), so two publishers
+// in one interval send one. Milliseconds, not seconds: with an interval
+// under a second, two rounds' buckets would share a second and the
+// broker would drop every other round's announcements as duplicates.
 func BillerMessageID(billerID string, bucket time.Time) string {
-	return fmt.Sprintf("biller:%s:%d", billerID, bucket.Unix())
+	return fmt.Sprintf("biller:%s:%d", billerID, bucket.UnixMilli())
 }
 
 // EncodeBillerMessage builds the bus message for m.

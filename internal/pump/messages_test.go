@@ -28,10 +28,22 @@ func TestBillerMessageRoundTrip(t *testing.T) {
 	bucket := time.Unix(1700000000, 0)
 	m, err := EncodeBillerMessage(BillerMessage{BillerID: "b001", Shard: "shard1", Pending: 7}, bucket)
 	require.NoError(t, err)
-	require.Equal(t, "biller:b001:1700000000", m.ID)
+	require.Equal(t, "biller:b001:1700000000000", m.ID)
 	out, err := DecodeBillerMessage(m.Body)
 	require.NoError(t, err)
 	require.Equal(t, int64(7), out.Pending)
+}
+
+// TestBillerMessageIDsOfSubSecondIntervals: two rounds of a half-second
+// interval announce under different MessageIDs, so the broker keeps both.
+func TestBillerMessageIDsOfSubSecondIntervals(t *testing.T) {
+	t.Parallel()
+	interval := 500 * time.Millisecond
+	first := time.Unix(1700000000, 100e6).Truncate(interval)
+	second := first.Add(interval)
+	require.Equal(t, first.Unix(), second.Unix(), "both rounds fall in one second")
+	require.NotEqual(t, BillerMessageID("b001", first), BillerMessageID("b001", second))
+	require.Equal(t, BillerMessageID("b001", first), BillerMessageID("b001", time.Unix(1700000000, 400e6).Truncate(interval)), "one round's bucket, one ID")
 }
 
 func TestDecodeRejectsBadMessagesNamingTheField(t *testing.T) {
