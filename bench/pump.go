@@ -60,6 +60,9 @@ type Options struct {
 	BigBillerItems int
 	// Concurrency is the item consumers' (and the anchors' workers') concurrency.
 	Concurrency int
+	// CISLatency is how long the mock CIS takes to answer each request
+	// (zero: at once), as a real CIS API does.
+	CISLatency time.Duration
 	// Binary is the datapump executable RunScaling starts its item
 	// consumer processes from.
 	Binary string
@@ -153,7 +156,7 @@ type seeded struct {
 
 // RunPump loads opts.Items work items across the billers and shards, then
 // runs the publisher, the biller consumer and the item consumers in this
-// process against a mock CIS with no added latency, until every item was
+// process against a mock CIS answering after opts.CISLatency, until every item was
 // delivered. Throughput counts from the jobs' start to the last delivery.
 func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 	if err := opts.normalize(); err != nil {
@@ -229,7 +232,7 @@ func openPumpRun(ctx context.Context, opts Options) (_ *pumpRun, err error) {
 			r.Close()
 		}
 	}()
-	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger)
+	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger, opts.CISLatency)
 	if err != nil {
 		return nil, err
 	}
@@ -338,9 +341,10 @@ func (r *pumpRun) Close() {
 	r.closers = nil
 }
 
-// startMockCIS serves a mock CIS with no faults and no latency.
-func startMockCIS(logger *slog.Logger) (*mockcis.Server, string, func(), error) {
-	mock := mockcis.New(mockcis.Options{Logger: logger, MaxRecords: 1})
+// startMockCIS serves a mock CIS with no faults, answering every request
+// after latency (zero: at once).
+func startMockCIS(logger *slog.Logger, latency time.Duration) (*mockcis.Server, string, func(), error) {
+	mock := mockcis.New(mockcis.Options{Logger: logger, MaxRecords: 1, Faults: mockcis.Faults{Latency: latency}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("mock cis: %w", err)

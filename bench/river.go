@@ -128,7 +128,7 @@ func RunRiver(ctx context.Context, opts Options, tuning RiverTuning) (RiverResul
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
-	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger)
+	mock, cisURL, stopCIS, err := startMockCIS(opts.Logger, opts.CISLatency)
 	if err != nil {
 		return res, err
 	}

@@ -33,10 +33,10 @@ func benchCmd(env *cliEnv) *cobra.Command {
 	processes := []int{1, 2, 4}
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure the pump end to end against a mock CIS with no added latency",
+		Short: "Measure the pump end to end against a mock CIS (no added latency unless --cis-latency)",
 		Long: `bench loads work items across billers and shards, runs the publisher,
 the biller consumer and the item consumers in this process against a mock
-CIS with no added latency, and reports items per second, insert→CIS latency
+CIS (no added latency unless --cis-latency), and reports items per second, insert→CIS latency
 and per-stage latency, as a table and as a final JSON line.
 
 --backend embedded uses SQLite and an in-process NATS server; postgres uses
@@ -162,6 +162,7 @@ process, as a table and as a final JSON line.`,
 	f.StringVar(&opts.NATSURL, "nats-url", opts.NATSURL, "NATS server for the postgres backend (unique topic prefix, streams deleted afterwards)")
 	f.IntVar(&opts.InsertRate, "insert-rate", 0, "write the pump's items at this many per second while the jobs run (0: all before they start)")
 	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
+	f.DurationVar(&opts.CISLatency, "cis-latency", 0, "how long the mock CIS takes to answer each request (as a real CIS API does)")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
 	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
