@@ -48,6 +48,12 @@ log: {level: error}
 `, dir, natsURL, prefix)), 0o600))
 	code, _, errOut := runCLI(t, "migrate", "--config", cfgPath)
 	require.Equal(t, exitOK, code, errOut)
+	// As in a deployment, the topics and subscriptions exist before any
+	// source publishes: a topic's messages are kept only for subscriptions
+	// that exist when they arrive (the pump's own start provisions too,
+	// but the announcement below must not race it).
+	code, _, errOut = runCLI(t, "provision", "--config", cfgPath)
+	require.Equal(t, exitOK, code, errOut)
 
 	// The source application's side: its row, and the biller in direct mode.
 	cat, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(dir, "c.db")})
