@@ -63,6 +63,9 @@ type Options struct {
 	// CISLatency is how long the mock CIS takes to answer each request
 	// (zero: at once), as a real CIS API does.
 	CISLatency time.Duration
+	// Interval, when positive, replaces the publisher interval of the
+	// demo's configuration (500 ms).
+	Interval time.Duration
 	// Binary is the datapump executable RunScaling starts its item
 	// consumer processes from.
 	Binary string
@@ -133,6 +136,10 @@ type PumpResult struct {
 	// InsertRate is the steady insert rate, or 0 when every item was
 	// written before the jobs started.
 	InsertRate int `json:"insert_rate"`
+	// IntervalMs is the publisher interval the run used.
+	IntervalMs float64 `json:"publisher_interval_ms"`
+	// CISLatencyMs is what the mock CIS added to each request.
+	CISLatencyMs float64 `json:"cis_latency_ms"`
 	// InsertToCIS is from the source row's created-at to the CIS accepting it.
 	InsertToCIS Latency `json:"insert_to_cis"`
 	// SmallBillersInsertToCIS is InsertToCIS of the items of every biller
@@ -170,6 +177,8 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		return res, err
 	}
 	defer r.Close()
+	res.IntervalMs = float64(r.cfg.Publisher.Interval.Microseconds()) / 1000
+	res.CISLatencyMs = float64(opts.CISLatency.Microseconds()) / 1000
 	if res.Throughput, err = r.run(ctx, app.AllJobs, "pump: delivered to CIS"); err != nil {
 		return res, fmt.Errorf("pump: %w", err)
 	}
@@ -509,5 +518,10 @@ func pumpConfig(dir string, opts Options) config.Config {
 	cfg.Publisher.StuckAfter = config.Default().Publisher.StuckAfter
 	cfg.ItemConsumer.Concurrency = opts.Concurrency
 	cfg.CIS.MaxConcurrent = opts.Concurrency
+	if opts.Interval > 0 {
+		cfg.Publisher.Interval = opts.Interval
+		cfg.Publisher.LeaseTTL = max(cfg.Publisher.LeaseTTL, 4*opts.Interval)
+		cfg.Publisher.FullSweepEvery = max(cfg.Publisher.FullSweepEvery, opts.Interval)
+	}
 	return cfg
 }

@@ -163,6 +163,7 @@ process, as a table and as a final JSON line.`,
 	f.IntVar(&opts.InsertRate, "insert-rate", 0, "write the pump's items at this many per second while the jobs run (0: all before they start)")
 	f.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "item consumer concurrency per item type")
 	f.DurationVar(&opts.CISLatency, "cis-latency", 0, "how long the mock CIS takes to answer each request (as a real CIS API does)")
+	f.DurationVar(&opts.Interval, "interval", 0, "publisher interval (default: the demo's 500ms)")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
 	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
@@ -181,9 +182,9 @@ process, as a table and as a final JSON line.`,
 func printPumpResult(w io.Writer, r bench.PumpResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if r.InsertRate > 0 {
-		fmt.Fprintf(tw, "pump (%s, inserting %d items/s)\t\n", r.Backend, r.InsertRate)
+		fmt.Fprintf(tw, "pump (%s, inserting %d items/s, publisher interval %g ms)\t\n", r.Backend, r.InsertRate, r.IntervalMs)
 	} else {
-		fmt.Fprintf(tw, "pump (%s, all items written first)\t\n", r.Backend)
+		fmt.Fprintf(tw, "pump (%s, all items written first, publisher interval %g ms)\t\n", r.Backend, r.IntervalMs)
 	}
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
