@@ -37,7 +37,6 @@ func TestPublisherOnlyOneReplicaLeads(t *testing.T) {
 		rc, err := c.Round(ctx)
 		require.NoError(t, err)
 		require.True(t, ra.Leader)
-		require.True(t, ra.FullSweep, "a replica's first round as leader is a full sweep")
 		require.False(t, rc.Leader, "a second replica must not publish while the first holds the lease")
 		require.Equal(t, 1, ra.BillersAnnounced)
 		require.Zero(t, rc.BillersAnnounced)
@@ -45,7 +44,6 @@ func TestPublisherOnlyOneReplicaLeads(t *testing.T) {
 		ra2, err := a.Round(ctx)
 		require.NoError(t, err)
 		require.True(t, ra2.Leader)
-		require.False(t, ra2.FullSweep, "the next full sweep is an hour away")
 		require.Zero(t, ra2.BillersAnnounced)
 		// Once the leader gives the lease up, the other one takes over.
 		require.NoError(t, h.app.Leaser.LeaseRelease(ctx, pump.PublisherLease, "replica-a"))
@@ -57,8 +55,8 @@ func TestPublisherOnlyOneReplicaLeads(t *testing.T) {
 
 // TestPublisherFullSweepFindsLateRows: a row that commits with a
 // created-at below the watermark (a source transaction longer than the
-// watermark lag) is not seen by the regular rounds, and is announced and
-// delivered once the next full sweep is due.
+// watermark lag) is not seen by the regular rounds; a full sweep brings the
+// watermark down to it and the next round announces it.
 func TestPublisherFullSweepFindsLateRows(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		h := newHarness(t, b, nil)
@@ -77,30 +75,56 @@ func TestPublisherFullSweepFindsLateRows(t *testing.T) {
 		require.NoError(t, err)
 		r, err := p.Round(ctx)
 		require.NoError(t, err)
-		require.True(t, r.FullSweep)
 		require.Equal(t, 1, r.BillersAnnounced)
 		h.waitStatus(first, store.StatusProcessed, 3*time.Minute)
 		time.Sleep(1100 * time.Millisecond) // past the one-second watermark lag
-		clock.Add(int64(time.Minute))       // the next interval bucket
+		clock.Add(int64(time.Hour))         // the next interval bucket
 		r, err = p.Round(ctx)
 		require.NoError(t, err)
-		require.False(t, r.FullSweep)
 		require.Zero(t, r.BillersAnnounced, "nothing pending; the watermark moved past the delivered items")
 
 		late := h.insert(bl, 1, func(_ int, it *store.DemoItem) { it.CreatedAt = time.Now().Add(-30 * time.Minute).UTC() })
-		clock.Add(int64(time.Minute))
-		r, err = p.Round(ctx)
-		require.NoError(t, err)
-		require.False(t, r.FullSweep)
-		require.Zero(t, r.BillersAnnounced, "the late row is below the watermark")
-
 		clock.Add(int64(time.Hour))
 		r, err = p.Round(ctx)
 		require.NoError(t, err)
-		require.True(t, r.FullSweep, "an hour after the last full sweep")
-		require.Equal(t, 1, r.BillersAnnounced, "the full sweep finds the late row")
+		require.Zero(t, r.BillersAnnounced, "the late row is below the watermark")
+
+		s, err := p.Sweep(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 1, s.Shards)
+		require.Equal(t, int64(1), s.Pending, "the full sweep finds the late row")
+		clock.Add(int64(time.Hour)) // the next interval bucket: a new announcement, not a duplicate
+		r, err = p.Round(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 1, r.BillersAnnounced, "and the next round announces it")
 		h.waitStatus(late, store.StatusProcessed, 3*time.Minute)
 		h.requireExactlyOnce(append(first, late...))
+	})
+}
+
+// TestRunningPublisherSweepsOnceItLeads: a started publisher runs its first
+// full sweep on its own soon after it takes the lease, beside its rounds,
+// so a late row below an old watermark is delivered without waiting for
+// FullSweepEvery.
+func TestRunningPublisherSweepsOnceItLeads(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		h := newHarness(t, b, func(cfg *config.Config) {
+			cfg.Publisher.WatermarkLag = time.Second
+			cfg.Publisher.FullSweepEvery = time.Hour
+		})
+		bl := h.biller("b1", "shard1", catalog.ModePoll)
+		ctx := context.Background()
+		st := h.app.Shards["shard1"]
+		// An earlier leader's watermark: everything up to a second ago is settled.
+		_, err := st.PendingCount(ctx, store.PendingCountParams{Billers: []store.BillerCutover{{BillerID: bl.ID, CutoverAt: bl.CutoverAt}}, WatermarkLag: time.Second})
+		require.NoError(t, err)
+		late := h.insert(bl, 2, func(_ int, it *store.DemoItem) { it.CreatedAt = time.Now().Add(-30 * time.Minute).UTC() })
+		counts, err := st.PendingCount(ctx, store.PendingCountParams{Billers: []store.BillerCutover{{BillerID: bl.ID, CutoverAt: bl.CutoverAt}}})
+		require.NoError(t, err)
+		require.Empty(t, counts, "the late rows are below the watermark")
+		h.start()
+		h.waitStatus(late, store.StatusProcessed, 3*time.Minute)
+		h.requireExactlyOnce(late)
 	})
 }
 

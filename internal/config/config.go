@@ -142,8 +142,9 @@ type PublisherConfig struct {
 	// watermarks stay: longer than the longest source transaction plus the
 	// clock skew between the applications and the database.
 	WatermarkLag time.Duration `koanf:"watermark_lag"`
-	// FullSweepEvery is how often a round scans every biller from its
-	// cut-over, for rows that committed later than WatermarkLag.
+	// FullSweepEvery is how often the leader scans every biller from its
+	// cut-over, beside the rounds, for rows that committed later than
+	// WatermarkLag (its cost follows the history).
 	FullSweepEvery time.Duration `koanf:"full_sweep_every"`
 }
 
@@ -226,7 +227,7 @@ func Default() Config {
 			MaxDeliveries:   20,
 		},
 		Publisher: PublisherConfig{Interval: 5 * time.Second, LeaseTTL: 20 * time.Second, StuckAfter: 2 * time.Minute, RescueBatch: 500, ReconcileAfter: time.Minute,
-			WatermarkLag: time.Minute, FullSweepEvery: 15 * time.Minute},
+			WatermarkLag: time.Minute, FullSweepEvery: time.Hour},
 		BillerConsumer: BillerConsumerConfig{Concurrency: 4, Batch: 200, MaxItemsPerMessage: 2000, TimeBudget: 20 * time.Second, RetryDelay: 5 * time.Second},
 		ItemConsumer:   ItemConsumerConfig{Concurrency: 32, Lease: 2 * time.Minute, MaxAttempts: 8, RetryInitial: 2 * time.Second, RetryMax: 5 * time.Minute, Batch: 100},
 		CIS: CISConfig{

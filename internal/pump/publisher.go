@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -39,19 +40,20 @@ type PublisherConfig struct {
 	// WatermarkLag is the safety margin the pending scan's watermarks keep
 	// behind the database clock (see store.PendingCountParams).
 	WatermarkLag time.Duration
-	// FullSweepEvery is how often a round scans from the cut-overs instead
-	// of the watermarks; the first round a replica leads is always one.
+	// FullSweepEvery is how often the leader scans every biller from its
+	// cut-over instead of its watermark (the full sweep), beside the rounds;
+	// a replica sweeps once soon after it becomes the leader.
 	FullSweepEvery time.Duration
 }
 
 // Publisher announces billers with pending items and rescues stuck items.
 type Publisher struct {
-	deps *Deps
-	cfg  PublisherConfig
-	loop service.Loop
-	// lastFullSweep is when this replica's last full sweep ended (zero:
-	// never). Only the loop's goroutine touches it.
-	lastFullSweep time.Time
+	deps   *Deps
+	cfg    PublisherConfig
+	loop   service.Loop
+	sweeps service.Loop
+	// leading is whether the last round held the leader lease.
+	leading atomic.Bool
 }
 
 // NewPublisher checks its dependencies and returns a publisher.
@@ -69,9 +71,11 @@ func NewPublisher(deps *Deps, cfg PublisherConfig) (*Publisher, error) {
 	return &Publisher{deps: deps, cfg: cfg}, nil
 }
 
-// Start runs a round every interval until Stop.
+// Start runs a round every interval and, while this replica leads, a full
+// sweep every FullSweepEvery, until Stop. The sweep has a loop of its own:
+// it reads the history, and rounds must not wait for it.
 func (p *Publisher) Start(ctx context.Context) error {
-	return p.loop.Start(ctx, func(ctx context.Context) error {
+	err := p.loop.Start(ctx, func(ctx context.Context) error {
 		t := time.NewTicker(p.cfg.Interval)
 		defer t.Stop()
 		for {
@@ -86,10 +90,90 @@ func (p *Publisher) Start(ctx context.Context) error {
 			}
 		}
 	})
+	if err != nil {
+		return err
+	}
+	return p.sweeps.Start(ctx, p.sweepWhileLeading)
 }
 
-// Stop ends the loop and gives the leader lease up.
-func (p *Publisher) Stop() error { return p.loop.Stop() }
+// Stop ends both loops and gives the leader lease up.
+func (p *Publisher) Stop() error { return errors.Join(p.sweeps.Stop(), p.loop.Stop()) }
+
+// sweepWhileLeading runs a full sweep once this replica leads (it cannot
+// know when another replica last swept), then every FullSweepEvery while
+// it keeps the lease. A failed sweep is tried again the next interval.
+func (p *Publisher) sweepWhileLeading(ctx context.Context) error {
+	t := time.NewTicker(p.cfg.Interval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		switch {
+		case !p.leading.Load():
+			last = time.Time{}
+		case last.IsZero() || p.deps.Now().Sub(last) >= p.cfg.FullSweepEvery:
+			if _, err := p.Sweep(ctx); err != nil {
+				if ctx.Err() == nil {
+					p.deps.Logger.Error("full sweep failed", "error", err)
+				}
+			} else {
+				last = p.deps.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// SweepResult says what one full sweep found.
+type SweepResult struct {
+	Shards int
+	// Pending is how many pending items the sweep counted, across billers.
+	Pending int64
+	Elapsed time.Duration
+}
+
+// Sweep counts every poll and direct biller's pending items from its
+// cut-over rather than its watermark, moving each watermark down to any
+// row that committed later than the watermark lag. It announces nothing:
+// the next round counts from the lowered watermarks and announces the
+// rows it found (and the reconcile sweep publishes a direct biller's).
+func (p *Publisher) Sweep(ctx context.Context) (SweepResult, error) {
+	start := p.deps.Now()
+	billers, err := p.deps.Catalog.BillerList(ctx)
+	if err != nil {
+		return SweepResult{}, fmt.Errorf("full sweep: list billers: %w", err)
+	}
+	byShard := ownedByShard(billers)
+	shards := sortedKeys(byShard)
+	res := SweepResult{Shards: len(shards)}
+	var errs []error
+	for _, c := range p.countShards(ctx, shards, byShard, true) {
+		if c.err != nil {
+			errs = append(errs, c.err)
+		}
+		for _, b := range c.counts {
+			res.Pending += b.Pending
+		}
+	}
+	res.Elapsed = p.deps.Now().Sub(start)
+	p.deps.Logger.Info("full sweep", "shards", res.Shards, "pending", res.Pending, "elapsed", res.Elapsed)
+	return res, errors.Join(errs...)
+}
+
+// ownedByShard groups the poll and direct billers (the ones this pump
+// owns) by shard.
+func ownedByShard(billers []catalog.Biller) map[string][]store.BillerCutover {
+	byShard := map[string][]store.BillerCutover{}
+	for _, b := range billers {
+		if b.Mode == catalog.ModePoll || b.Mode == catalog.ModeDirect {
+			byShard[b.Shard] = append(byShard[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
+		}
+	}
+	return byShard
+}
 
 func (p *Publisher) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -101,9 +185,7 @@ func (p *Publisher) release() {
 
 // RoundResult says what one round did.
 type RoundResult struct {
-	Leader bool
-	// FullSweep says the round scanned from the cut-overs.
-	FullSweep         bool
+	Leader            bool
 	BillersAnnounced  int
 	DuplicatesDropped int
 	Rescued           int
@@ -127,6 +209,7 @@ func (p *Publisher) round(ctx context.Context) (RoundResult, error) {
 		return res, fmt.Errorf("acquire publisher lease: %w", err)
 	}
 	res.Leader = leader
+	p.leading.Store(leader)
 	if !leader {
 		return res, nil
 	}
@@ -134,39 +217,31 @@ func (p *Publisher) round(ctx context.Context) (RoundResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("list billers: %w", err)
 	}
-	res.FullSweep = p.lastFullSweep.IsZero() || p.deps.Now().Sub(p.lastFullSweep) >= p.cfg.FullSweepEvery
 	var errs []error
-	if err := p.announce(ctx, billers, res.FullSweep, &res); err != nil {
+	if err := p.announce(ctx, billers, &res); err != nil {
 		errs = append(errs, err)
 	}
 	if err := p.rescue(ctx, billers, &res); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.reconcile(ctx, billers, res.FullSweep, &res); err != nil {
+	if err := p.reconcile(ctx, billers, &res); err != nil {
 		errs = append(errs, err)
 	}
-	err = errors.Join(errs...)
-	if res.FullSweep && err == nil {
-		p.lastFullSweep = p.deps.Now()
-	}
-	return res, err
+	return res, errors.Join(errs...)
 }
 
 // announce counts the pending items of every poll and direct biller, one
 // grouped query per shard that also moves the billers' watermarks, and
 // announces the poll billers that have some.
-func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, full bool, res *RoundResult) error {
-	byShard := map[string][]store.BillerCutover{}
+func (p *Publisher) announce(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
+	byShard := ownedByShard(billers)
 	poll := map[string]bool{}
 	for _, b := range billers {
-		if b.Mode == catalog.ModePoll || b.Mode == catalog.ModeDirect {
-			byShard[b.Shard] = append(byShard[b.Shard], store.BillerCutover{BillerID: b.ID, CutoverAt: b.CutoverAt})
-		}
 		poll[b.ID] = b.Mode == catalog.ModePoll
 	}
 	bucket := p.deps.Now().Truncate(p.cfg.Interval)
 	shards := sortedKeys(byShard)
-	counts := p.countShards(ctx, shards, byShard, full)
+	counts := p.countShards(ctx, shards, byShard, false)
 	var msgs []bus.Message
 	var errs []error
 	for i, shardName := range shards {
@@ -319,7 +394,7 @@ func (p *Publisher) republish(ctx context.Context, st store.Store, shardName str
 // within the grace period (the row was written, its publish was lost). The
 // MessageID is the item's own, so a late announcement and the sweep's
 // message are one to the broker.
-func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, full bool, res *RoundResult) error {
+func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, res *RoundResult) error {
 	byShard := map[string][]store.BillerCutover{}
 	for _, b := range billers {
 		if b.Mode == catalog.ModeDirect {
@@ -333,7 +408,7 @@ func (p *Publisher) reconcile(ctx context.Context, billers []catalog.Biller, ful
 			errs = append(errs, err)
 			continue
 		}
-		rows, err := st.PendingList(ctx, store.PendingListParams{Billers: byShard[shardName], OlderThan: p.cfg.ReconcileAfter, Limit: p.cfg.RescueBatch, Full: full})
+		rows, err := st.PendingList(ctx, store.PendingListParams{Billers: byShard[shardName], OlderThan: p.cfg.ReconcileAfter, Limit: p.cfg.RescueBatch})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list unannounced items on shard %s: %w", shardName, err))
 			continue
