@@ -267,7 +267,7 @@ func Config(dir string, shards int) config.Config {
 	cfg.Publisher.WatermarkLag = 2 * time.Second
 	cfg.BillerConsumer.Concurrency = 16
 	cfg.BillerConsumer.Batch = 250
-	cfg.BillerConsumer.MaxItemsPerMessage = 1000
+	cfg.BillerConsumer.MaxItemsPerMessage = 500
 	cfg.ItemConsumer.Concurrency = 64
 	cfg.ItemConsumer.Lease = 30 * time.Second
 	cfg.ItemConsumer.RetryInitial = 200 * time.Millisecond
