@@ -357,7 +357,8 @@ type ControlListStuckParams struct {
 }
 
 // ControlReclaimExpiredParams moves Processing records whose lease has
-// expired back to Queued (attempts+1, owner cleared), and returns them.
+// expired back to Queued (attempts+1, owner cleared, last error "lease of
+// <owner> expired"), and returns them.
 type ControlReclaimExpiredParams struct {
 	Limit int
 }
@@ -387,12 +388,14 @@ type ControlRetryParams struct {
 // PendingListParams asks for pending items old enough to have been
 // announced. A zero Limit means the adapter's default.
 //
-// Like PendingCount, the scan starts at each biller's watermark unless Full.
+// Like PendingCount, the scan starts at each biller's watermark, or at the
+// cut-over when that is later. A row that committed late below the
+// watermark is listed once a Full PendingCount with a WatermarkLag has
+// moved the watermark back down to it.
 type PendingListParams struct {
 	Billers   []BillerCutover
 	OlderThan time.Duration
 	Limit     int
-	Full      bool
 }
 
 // ControlCountParams says which control records ControlCountByStatus
@@ -428,8 +431,8 @@ type Store interface {
 	// ControlClaimPending atomically claims pending items of one biller (see
 	// ControlClaimPendingParams). Concurrent callers never claim one item twice.
 	ControlClaimPending(ctx context.Context, p ControlClaimPendingParams) ([]Claimed, error)
-	// ControlMarkQueued moves each record Fetched → Queued if it is still
-	// Fetched at the given version; it returns how many moved.
+	// ControlMarkQueued moves each record Fetched → Queued (owner cleared)
+	// if it is still Fetched at the given version; it returns how many moved.
 	ControlMarkQueued(ctx context.Context, items []Fenced) (int, error)
 	// ControlClaimItem claims one item for processing (see ControlClaimItemParams).
 	ControlClaimItem(ctx context.Context, p ControlClaimItemParams) (ItemClaim, error)
@@ -454,14 +457,16 @@ type Store interface {
 
 	// ControlListStuck lists Fetched/Queued records that are overdue and
 	// bumps their updated-at, so the next call does not return them again
-	// until OlderThan has passed once more.
+	// until OlderThan has passed once more; it returns them as they are
+	// after the bump.
 	ControlListStuck(ctx context.Context, p ControlListStuckParams) ([]Control, error)
 	// ControlReclaimExpired returns expired Processing leases to Queued.
 	ControlReclaimExpired(ctx context.Context, p ControlReclaimExpiredParams) ([]Control, error)
 
 	// ControlGet reads one control record; ErrNotFound if absent.
 	ControlGet(ctx context.Context, key ItemKey) (Control, error)
-	// ControlList lists control records for operators, newest first.
+	// ControlList lists control records for operators, newest first (by
+	// created-at, then item type, then id, all descending).
 	ControlList(ctx context.Context, p ControlListParams) ([]Control, error)
 	// ControlCountByStatus counts records per biller and status, one row
 	// for each pair that has records, ordered by biller and then by the

@@ -40,11 +40,16 @@ func billerArrays(in []store.BillerCutover) ([]string, []time.Time) {
 }
 
 // watermarkJoin joins each biller of the CTE b to its watermark for the
-// item type in parameter typeParam, unless parameter fullParam is true or
-// the watermark was computed under a later cut-over than the biller's now.
+// item type in parameter typeParam, unless the watermark was computed under
+// a later cut-over than the biller's now or, with a positive fullParam,
+// parameter fullParam is true (PendingCount's Full; PendingList has none).
 func watermarkJoin(typeParam, fullParam int) string {
-	return fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = $%d
-				AND w.cutover_at <= b.cutover_at AND NOT $%d::boolean`, typeParam, fullParam)
+	join := fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = $%d
+				AND w.cutover_at <= b.cutover_at`, typeParam)
+	if fullParam > 0 {
+		join += fmt.Sprintf(` AND NOT $%d::boolean`, fullParam)
+	}
+	return join
 }
 
 // watermarkAdvance completes PendingCount's CTEs when it moves the
@@ -146,10 +151,10 @@ func (s *Store) PendingCount(ctx context.Context, p store.PendingCountParams) ([
 const pendingListLimit = 1000
 
 // PendingList lists the oldest Limit pending items (no control record, or
-// a New one) of the given billers, created at or after their cut-over and
-// at least OlderThan before the database clock, oldest first (then item
-// type, then key), in one query; a zero Limit means 1000. Each item type
-// reads its oldest Limit rows from its (biller, created-at) range.
+// a New one) of the given billers, created at or after their watermark and
+// cut-over and at least OlderThan before the database clock, oldest first
+// (then item type, then key), in one query; a zero Limit means 1000. Each
+// item type reads its oldest Limit rows from its (biller, created-at) range.
 func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
 	if len(p.Billers) == 0 || len(s.order) == 0 {
 		return nil, nil
@@ -162,7 +167,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 		n = pendingListLimit
 	}
 	billers, cutovers := billerArrays(p.Billers)
-	args := []any{billers, cutovers, micros(p.OlderThan), n, p.Full}
+	args := []any{billers, cutovers, micros(p.OlderThan), n}
 	parts := make([]string, 0, len(s.order))
 	for _, itemType := range s.order {
 		src := s.sources[itemType]
@@ -183,7 +188,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 			ORDER BY s.%s, s.%s
 			LIMIT $4)`,
 			typeParam, src.key, src.biller, src.createdAt,
-			watermarkJoin(typeParam, 5),
+			watermarkJoin(typeParam, 0),
 			src.table, src.biller, src.createdAt, src.createdAt, filter,
 			pendingCondition(src, "s", typeParam),
 			src.createdAt, src.key))

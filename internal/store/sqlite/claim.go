@@ -158,9 +158,8 @@ func advanceWatermarks(ctx context.Context, tx *sql.Tx, scanned []typePending, l
 
 // PendingList lists the oldest Limit pending items (no control record, or
 // one in New) of the given billers, created at or after their watermark
-// (unless Full) and cut-over and at least OlderThan before the database
-// clock, oldest first (then item type, then id), in one query; a zero
-// Limit means 100.
+// and cut-over and at least OlderThan before the database clock, oldest
+// first (then item type, then id), in one query; a zero Limit means 100.
 func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
 	if len(p.Billers) == 0 || len(s.sources.order) == 0 {
 		return nil, nil
@@ -171,7 +170,6 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 	}
 	args := append([]any{
 		sql.Named("billers", billers), sql.Named("older_than", durationMS(p.OlderThan)), sql.Named("limit", limitOr(p.Limit)),
-		sql.Named("full", p.Full),
 	}, s.sources.args...)
 	rows, err := s.read.QueryContext(ctx, s.sources.pendingList, args...)
 	if err != nil {

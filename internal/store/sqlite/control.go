@@ -71,15 +71,17 @@ func fencedJSON(items []store.Fenced) (string, error) {
 
 // markQueuedSQL drives the update from the JSON list through the primary
 // key; the unary + on status keeps the planner from scanning every Fetched
-// record through the status index instead.
+// record through the status index instead. The biller consumer's claim
+// ends here, so the owner is cleared, as in the other adapters.
 const markQueuedSQL = `UPDATE datapump_control
-SET status = 'Queued', version = version + 1, queued_at = ` + nowMS + `, updated_at = ` + nowMS + `
+SET status = 'Queued', version = version + 1, owner = '', queued_at = ` + nowMS + `, updated_at = ` + nowMS + `
 FROM (SELECT json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS i, json_extract(value, '$[2]') AS v
     FROM json_each(:items)) AS f
 WHERE item_type = f.t AND item_id = f.i AND version = f.v AND +status = 'Fetched'`
 
-// ControlMarkQueued moves each record Fetched → Queued if it is still
-// Fetched at the given version, in one statement; it returns how many moved.
+// ControlMarkQueued moves each record Fetched → Queued (owner cleared) if
+// it is still Fetched at the given version, in one statement; it returns
+// how many moved.
 func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (int, error) {
 	if len(items) == 0 {
 		return 0, nil
@@ -236,7 +238,8 @@ WHERE (item_type, item_id) IN (
 // ControlListStuck lists Fetched/Queued records not updated for OlderThan
 // (by the database clock) whose retry time has come, oldest first, and bumps
 // their updated-at (not their version) so the next call skips them until
-// OlderThan has passed again. The records are returned as they were found.
+// OlderThan has passed again. The records are returned as they are after
+// the bump, in the order they were found.
 func (s *Store) ControlListStuck(ctx context.Context, p store.ControlListStuckParams) ([]store.Control, error) {
 	var out []store.Control
 	err := s.inWrite(ctx, func(tx *sql.Tx) error {
@@ -260,8 +263,14 @@ func (s *Store) ControlListStuck(ctx context.Context, p store.ControlListStuckPa
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, bumpSQL, sql.Named("now", now), sql.Named("items", j))
-		return err
+		if _, err := tx.ExecContext(ctx, bumpSQL, sql.Named("now", now), sql.Named("items", j)); err != nil {
+			return err
+		}
+		// The bump wrote updated_at alone, in this transaction.
+		for i := range out {
+			out[i].UpdatedAt = time.UnixMilli(now).UTC()
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list stuck: %w", err)
@@ -271,7 +280,7 @@ func (s *Store) ControlListStuck(ctx context.Context, p store.ControlListStuckPa
 
 const reclaimExpiredSQL = `UPDATE datapump_control SET
     status = 'Queued', version = version + 1, attempts = attempts + 1, owner = '', lease_until = NULL,
-    next_attempt_at = NULL, last_error = 'lease expired', queued_at = :now, updated_at = :now
+    next_attempt_at = NULL, last_error = 'lease of ' || owner || ' expired', queued_at = :now, updated_at = :now
 WHERE (item_type, item_id) IN (
     SELECT item_type, item_id FROM datapump_control
     WHERE status = 'Processing' AND lease_until <= :now
@@ -279,8 +288,9 @@ WHERE (item_type, item_id) IN (
 RETURNING ` + controlColumns
 
 // ControlReclaimExpired moves Processing records whose lease has expired
-// back to Queued (attempts+1, owner cleared, last error "lease expired")
-// and returns them as they are now.
+// back to Queued (attempts+1, owner cleared, last error "lease of <owner>
+// expired", naming the owner whose lease it was) and returns them as they
+// are now.
 func (s *Store) ControlReclaimExpired(ctx context.Context, p store.ControlReclaimExpiredParams) ([]store.Control, error) {
 	var out []store.Control
 	err := s.inWrite(ctx, func(tx *sql.Tx) error {
@@ -315,8 +325,9 @@ func (s *Store) ControlGet(ctx context.Context, key store.ItemKey) (store.Contro
 	return c, nil
 }
 
-// ControlList lists control records for operators, most recently updated
-// first; a zero Limit means 100.
+// ControlList lists control records for operators, newest first (by
+// created-at, then item type, then id, all descending, as in the other
+// adapters); a zero Limit means 100.
 func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]store.Control, error) {
 	var where []string
 	args := []any{sql.Named("limit", limitOr(p.Limit))}
@@ -340,7 +351,7 @@ func (s *Store) ControlList(ctx context.Context, p store.ControlListParams) ([]s
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	q += ` ORDER BY updated_at DESC, item_type, item_id LIMIT :limit`
+	q += ` ORDER BY created_at DESC, item_type DESC, item_id DESC LIMIT :limit`
 	rows, err := s.read.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list control records: %w", err)

@@ -79,7 +79,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	requireLine("pending count", pending, "SEARCH w USING PRIMARY KEY")
 
 	list := plan(s.sources.pendingList, append([]any{sql.Named("billers", `[["b1",""]]`), sql.Named("older_than", 1),
-		sql.Named("limit", 5), sql.Named("full", false)}, s.sources.args...)...)
+		sql.Named("limit", 5)}, s.sources.args...)...)
 	noTableScan("pending list", list)
 	requireLine("pending list", list, "payments_biller_created")
 	requireLine("pending list", list, "paperless_registrations_biller_created")

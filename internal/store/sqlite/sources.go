@@ -70,10 +70,15 @@ func (c *source) unclaimed() string {
 }
 
 // watermarkJoin joins each biller of the CTE "billers" to its watermark w
-// for this item type, unless :full is set or the watermark was computed
-// under a later cut-over than the biller's now.
-func (c *source) watermarkJoin() string {
-	return fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = :type%d AND w.cutover_at <= b.cutover AND NOT :full`, c.n)
+// for this item type, unless the watermark was computed under a later
+// cut-over than the biller's now or, with unlessFull, :full is set
+// (PendingCount's Full; PendingList has none).
+func (c *source) watermarkJoin(unlessFull bool) string {
+	join := fmt.Sprintf(`LEFT JOIN datapump_watermark w ON w.biller_id = b.biller_id AND w.item_type = :type%d AND w.cutover_at <= b.cutover`, c.n)
+	if unlessFull {
+		join += ` AND NOT :full`
+	}
+	return join
 }
 
 // scanFrom is where the scan of a biller of the CTE "billers" starts: its
@@ -89,7 +94,7 @@ const scanFrom = `max(b.cutover, COALESCE(w.low_created_at, ''))`
 // watermark can move.
 func (c *source) pendingBranch() string {
 	return fmt.Sprintf(`SELECT b.biller_id, :type%[1]d AS item_type, b.cutover, COUNT(s.%[4]s) AS pending, MIN(s.%[4]s) AS oldest FROM billers b %[5]s LEFT JOIN %[2]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= %[6]s AND %[7]s%[8]s GROUP BY b.biller_id`,
-		c.n, c.table, c.biller, c.created, c.watermarkJoin(), scanFrom, c.unclaimed(), c.typeFilter())
+		c.n, c.table, c.biller, c.created, c.watermarkJoin(true), scanFrom, c.unclaimed(), c.typeFilter())
 }
 
 // listBranch selects the oldest :limit pending rows of the billers in the
@@ -97,7 +102,7 @@ func (c *source) pendingBranch() string {
 // the CTE "grace" (before), as (item_type, item_id, biller_id, created_at).
 func (c *source) listBranch() string {
 	return fmt.Sprintf(`SELECT * FROM (SELECT :type%[1]d AS item_type, s.%[2]s AS item_id, s.%[3]s AS biller_id, s.%[4]s AS created_at FROM billers b %[8]s JOIN %[5]s s ON s.%[3]s = b.biller_id AND s.%[4]s >= %[9]s AND s.%[4]s <= (SELECT before FROM grace) WHERE %[6]s%[7]s ORDER BY s.%[4]s, s.%[2]s LIMIT :limit)`,
-		c.n, c.key, c.biller, c.created, c.table, c.unclaimed(), c.typeFilter(), c.watermarkJoin(), scanFrom)
+		c.n, c.key, c.biller, c.created, c.table, c.unclaimed(), c.typeFilter(), c.watermarkJoin(false), scanFrom)
 }
 
 // claimBranch selects the oldest :limit pending rows of :biller from the
@@ -121,7 +126,7 @@ type sourceSet struct {
 	pendingCount string
 	// pendingList lists the oldest :limit pending items of :billers created
 	// :older_than milliseconds or more before the database clock, from
-	// their watermarks (unless :full) or cut-overs.
+	// their watermarks or cut-overs.
 	pendingList string
 	// claimPending inserts or moves to Fetched the oldest :limit pending
 	// items of :biller from the latest of :cutover, :from and its

@@ -64,26 +64,27 @@ func billersCTE(p *params, billers string) string {
 }
 
 // watermarkJoin joins each biller of the CTE b to its watermark w for the
-// item type in placeholder itemType, unless placeholder full is set or the
-// watermark was computed under a later cut-over than the biller's now. The
-// biller id from OPENJSON carries the database's collation; it is compared
-// in the watermark key's binary collation, so the two do not conflict and
-// the probe stays a seek of the key. indent starts every line but the first.
-func (s *Store) watermarkJoin(itemType, full, indent string) string {
+// item type in placeholder itemType, unless the watermark was computed
+// under a later cut-over than the biller's now. The biller id from
+// OPENJSON carries the database's collation; it is compared in the
+// watermark key's binary collation, so the two do not conflict and the
+// probe stays a seek of the key. indent starts every line but the first.
+func (s *Store) watermarkJoin(itemType, indent string) string {
 	return `LEFT JOIN ` + s.t.watermark + ` AS w
 ` + indent + `  ON w.biller_id = b.biller_id COLLATE Latin1_General_100_BIN2 AND w.item_type = ` + itemType + `
-` + indent + ` AND w.cutover_at <= b.cutover_at AND ` + full + ` = 0`
+` + indent + ` AND w.cutover_at <= b.cutover_at`
 }
 
 // watermarkRead is the pending count's read of the watermarks: it joins
 // each biller of the CTE b to its watermark row r for the item type in
 // placeholder itemType, by key whatever its cut-over, and derives from that
 // one read w, the watermark the scan may start from as watermarkJoin has
-// it (NULL when placeholder full is set, when r was computed under a later
-// cut-over than the biller's now, or without a row). r's updated_at and
-// low_created_at go into @scan as the version of the row the scan started
-// from, which the advance compares with (see pendingCountSQL); reading them
-// in a second probe could see a newer row than the scan started from.
+// it (NULL when r was computed under a later cut-over than the biller's
+// now, or without a row), or NULL when placeholder full is set. r's
+// updated_at and low_created_at go into @scan as the version of the row
+// the scan started from, which the advance compares with (see
+// pendingCountSQL); reading them in a second probe could see a newer row
+// than the scan started from.
 func (s *Store) watermarkRead(itemType, full string) string {
 	return `LEFT JOIN ` + s.t.watermark + ` AS r
   ON r.biller_id = b.biller_id COLLATE Latin1_General_100_BIN2 AND r.item_type = ` + itemType + `
@@ -479,16 +480,15 @@ func (s *Store) claimPendingOnce(ctx context.Context, q string, args []any) ([]s
 
 // pendingListSQL lists the oldest pending items of the billers created at
 // least olderMS before the database clock, each biller and item type from
-// its watermark (unless full) or cut-over: per item type the oldest @limit
+// its watermark or cut-over: per item type the oldest @limit
 // in (biller, created-at) order, then the oldest @limit overall.
 //
 // Locking review: a read, as the scan of pendingCountSQL.
-func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64, full bool) (string, params) {
+func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64) (string, params) {
 	var p params
 	older := p.add(olderMS)
 	cte := billersCTE(&p, billers)
 	top := p.add(limit)
-	fullArg := p.add(full)
 	parts := make([]string, 0, len(s.order))
 	for i, src := range s.order {
 		typ := p.add(src.ItemType)
@@ -502,7 +502,7 @@ func (s *Store) pendingListSQL(billers string, olderMS int32, limit int64, full 
         ORDER BY s.%s, s.%s
     ) AS t%d`,
 			i, top, candidateColumns(src, typ),
-			s.watermarkJoin(typ, fullArg, "        "),
+			s.watermarkJoin(typ, "        "),
 			src.table, sourceReadHints,
 			src.biller, src.createdAt, scanFrom("b.cutover_at"), src.createdAt, src.typeFilter(&p, "s"),
 			pendingCondition(src, s.t.control, typ),
@@ -522,9 +522,8 @@ ORDER BY u.created_at, u.item_type, u.item_id;`
 
 // PendingList lists the oldest Limit pending items (no control record, or
 // a New one) of the given billers, created at or after their watermark
-// (unless Full) and cut-over and at least OlderThan before the database
-// clock, oldest first (then item type, then id), in one query; a zero
-// Limit means 100.
+// and cut-over and at least OlderThan before the database clock, oldest
+// first (then item type, then id), in one query; a zero Limit means 100.
 func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]store.SourceRow, error) {
 	if len(p.Billers) == 0 || len(s.order) == 0 {
 		return nil, nil
@@ -537,7 +536,7 @@ func (s *Store) PendingList(ctx context.Context, p store.PendingListParams) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("pending list: %w", err)
 	}
-	q, args := s.pendingListSQL(billers, older, limitOr(p.Limit, defaultLimit), p.Full)
+	q, args := s.pendingListSQL(billers, older, limitOr(p.Limit, defaultLimit))
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("pending list: %w", err)

@@ -107,7 +107,7 @@ func allStatements(t *testing.T) []statement {
 	add("pending-count-advance")(must(s.pendingCountSQL(billers, false, time.Minute)))
 	add("pending-count-full-advance")(must(s.pendingCountSQL(billers, true, time.Minute)))
 	add("claim-pending")(s.claimPendingSQL(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: at, From: at.Add(time.Hour), Limit: 50, Owner: "biller-consumer-1"}))
-	add("pending-list")(s.pendingListSQL(billers, 600_000, 100, false))
+	add("pending-list")(s.pendingListSQL(billers, 600_000, 100))
 	add("item-source-payment")(s.itemSourceSQL(s.sources[items.Payment], key))
 	add("item-source-refund")(s.itemSourceSQL(s.sources["refund"], store.ItemKey{ItemType: "refund", ItemID: 5}))
 	for _, src := range s.order {

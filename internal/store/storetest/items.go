@@ -43,6 +43,7 @@ func testControlGetListCount(e *env) {
 		e.t.Helper()
 		got, err := e.s.ControlList(e.ctx, p)
 		require.NoError(e.t, err, "control list %+v", p)
+		requireNewestFirst(e, got)
 		return got
 	}
 	all := list(store.ControlListParams{})
@@ -56,7 +57,9 @@ func testControlGetListCount(e *env) {
 	require.Len(e.t, list(store.ControlListParams{Statuses: []store.Status{store.StatusFetched}}), 3)
 	require.Len(e.t, list(store.ControlListParams{BillerID: "b1", Statuses: []store.Status{store.StatusFetched, store.StatusQueued}}), 3)
 	require.Len(e.t, list(store.ControlListParams{Statuses: []store.Status{store.StatusFailed}}), 0)
-	require.Len(e.t, list(store.ControlListParams{Limit: 2}), 2)
+	newest := list(store.ControlListParams{Limit: 2})
+	require.Len(e.t, newest, 2)
+	require.Equal(e.t, controlKeys(all[:2]), controlKeys(newest), "the limit takes the newest")
 	for _, c := range list(store.ControlListParams{BillerID: "b2"}) {
 		require.Equal(e.t, "b2", c.BillerID)
 	}
@@ -64,6 +67,20 @@ func testControlGetListCount(e *env) {
 	require.Equal(e.t, map[string]int64{"b1/Fetched": 2, "b1/Queued": 1, "b2/Fetched": 1}, e.countByStatus(store.ControlCountParams{}))
 	require.Equal(e.t, map[string]int64{"b1/Fetched": 2, "b1/Queued": 1, "b1/Processed": 1, "b2/Fetched": 1},
 		e.countByStatus(store.ControlCountParams{WithProcessed: true}))
+}
+
+// requireNewestFirst requires ControlList's order: by created-at, then
+// item type, then id, all descending. The records one claim created share
+// their created-at, so the item type and id decide among them.
+func requireNewestFirst(e *env, list []store.Control) {
+	e.t.Helper()
+	for i := 1; i < len(list); i++ {
+		a, b := list[i-1], list[i]
+		after := a.CreatedAt.After(b.CreatedAt) || a.CreatedAt.Equal(b.CreatedAt) &&
+			(a.ItemType > b.ItemType || a.ItemType == b.ItemType && a.ItemID > b.ItemID)
+		require.True(e.t, after, "control list: %s (created %s) is listed before %s (created %s)",
+			a.ItemKey, a.CreatedAt, b.ItemKey, b.CreatedAt)
+	}
 }
 
 // countByStatus runs ControlCountByStatus and returns its counts by

@@ -309,6 +309,7 @@ func testMarkQueuedConditional(e *env) {
 		require.Equal(e.t, store.StatusQueued, r.Status)
 		require.Greater(e.t, r.Version, x.Version)
 		require.False(e.t, r.QueuedAt.IsZero(), "queued-at")
+		require.Empty(e.t, r.Owner, "the biller consumer's owner is cleared")
 	}
 	require.Equal(e.t, store.StatusFetched, e.get(c[2].ItemKey).Status)
 

@@ -95,6 +95,9 @@ func testListStuckBumps(e *env) {
 	t0 := e.now()
 	got := e.listStuck(old, 100)
 	require.ElementsMatch(e.t, []store.ItemKey{fetched.ItemKey, queued.ItemKey}, controlKeys(got))
+	for _, c := range got {
+		require.Equal(e.t, e.get(c.ItemKey), c, "a listed record is returned as it is after the bump")
+	}
 	// Both were over a second old; had the first call not bumped them, this
 	// call would return them again.
 	require.Empty(e.t, e.listStuck(old*8/10, 100), "listed records are not listed again at once")
@@ -131,12 +134,14 @@ func testReclaimExpired(e *env) {
 	for _, c := range got {
 		require.Equal(e.t, store.StatusQueued, c.Status)
 		require.Equal(e.t, 1, c.Attempts)
+		require.Equal(e.t, "lease of w expired", c.LastError, "the last error names the owner whose lease expired")
 	}
 
 	r := e.get(fx.processingExpired)
 	require.Equal(e.t, store.StatusQueued, r.Status)
 	require.Equal(e.t, 1, r.Attempts, "attempts+1")
 	require.Empty(e.t, r.Owner)
+	require.Equal(e.t, "lease of w expired", r.LastError)
 	require.Greater(e.t, r.Version, before.Version)
 	require.Equal(e.t, store.StatusProcessing, e.get(fx.processingLive).Status, "a live lease stays")
 

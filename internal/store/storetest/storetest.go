@@ -15,6 +15,8 @@
 //   - A record's version is positive and grows on every transition (claim,
 //     Queued, Processing, finish, release, skip, reclaim); ControlExtendLease
 //     and ControlListStuck are not transitions and keep it.
+//   - ControlListStuck returns the records as they are after its bump of
+//     updated-at: each equals what ControlGet reads after the call.
 //   - ControlClaimPending takes items by source created-at, then item type,
 //     then id, returns them in that order, records Owner and origin "poll",
 //     and copies the source created-at; a zero CutoverAt means no cut-over,
@@ -42,13 +44,16 @@
 //     LastError only with a non-empty Error; a Processed finish leaves
 //     FailedAt zero and a Failed one ProcessedAt. A finish to a status
 //     other than Processed or Failed is an error.
-//   - ControlRelease and ControlReclaimExpired clear the owner; a zero
-//     RetryIn is due at once. ControlSkip of an item without a record is
-//     false.
+//   - ControlMarkQueued, ControlRelease and ControlReclaimExpired clear the
+//     owner; a zero RetryIn is due at once. ControlReclaimExpired's
+//     LastError is "lease of <owner> expired", naming the owner whose lease
+//     it was. ControlSkip of an item without a record is false.
 //   - ControlCountByStatus returns one row per biller and status that has
 //     records, ordered by biller and then by the status's place in
 //     store.Statuses; without WithProcessed it counts every status but
 //     Processed, with it every record.
+//   - ControlList orders newest first: by created-at, then item type, then
+//     id, all descending, and a Limit takes the newest.
 //   - A zero Limit of ControlList, ControlListStuck and
 //     ControlReclaimExpired means the adapter's default (at least 5).
 //   - ItemEnrich and ItemSource of an unknown item type wrap

@@ -44,8 +44,9 @@ func paperless(biller string, createdAt time.Time) store.DemoItem {
 }
 
 // testWatermarkSkipsHistory: once the watermark passed a biller's claimed
-// items, scans and claims start there; a row that commits later below it
-// is found by a full scan, which moves the watermark back down to it.
+// items, scans, claims and lists start there; a row that commits later
+// below it is found by a full scan, which with a lag moves the watermark
+// back down to it, so the regular scans, claims and lists find it again.
 func testWatermarkSkipsHistory(e *env) {
 	now := e.now()
 	e.payments("b1", 3, now.Add(-2*hour))
@@ -54,18 +55,20 @@ func testWatermarkSkipsHistory(e *env) {
 	require.Equal(e.t, map[string]int64{"b2": 1}, e.advance(bc("b1"), bc("b2")), "advancing also counts")
 
 	late := e.payments("b1", 1, now.Add(-90*time.Minute))
+	listB1 := store.PendingListParams{Billers: []store.BillerCutover{bc("b1")}}
 	require.Equal(e.t, map[string]int64{"b2": 1}, e.pending(bc("b1"), bc("b2")), "a row below the watermark is not scanned")
 	require.Empty(e.t, e.claimPending("b1", time.Time{}, 10, "w"), "nor claimed")
-	require.Empty(e.t, e.pendingList(store.PendingListParams{Billers: []store.BillerCutover{bc("b1")}}), "nor listed")
+	require.Empty(e.t, e.pendingList(listB1), "nor listed")
 
 	full := store.PendingCountParams{Billers: []store.BillerCutover{bc("b1"), bc("b2")}, Full: true}
 	require.Equal(e.t, map[string]int64{"b1": 1, "b2": 1}, e.pendingWith(full), "the full scan finds it")
-	require.Equal(e.t, late, sourceKeys(e.pendingList(store.PendingListParams{Billers: []store.BillerCutover{bc("b1")}, Full: true})))
 	require.Equal(e.t, map[string]int64{"b2": 1}, e.pending(bc("b1"), bc("b2")), "a full scan without a lag moves no watermark")
+	require.Empty(e.t, e.pendingList(listB1), "so the late row is still not listed")
 
 	full.WatermarkLag = time.Minute
 	require.Equal(e.t, map[string]int64{"b1": 1, "b2": 1}, e.pendingWith(full))
 	require.Equal(e.t, map[string]int64{"b1": 1, "b2": 1}, e.pending(bc("b1"), bc("b2")), "the full scan moved the watermark back down to the late row")
+	require.Equal(e.t, late, sourceKeys(e.pendingList(listB1)), "the list from the lowered watermark has the late row")
 	require.Equal(e.t, late, keysOf(e.claimPending("b1", time.Time{}, 10, "w")))
 }
 
