@@ -340,6 +340,15 @@ type ControlFinishParams struct {
 	Error  string
 }
 
+// Validate checks that the claim ends as Processed or Failed; the adapters
+// refuse any other status before they change anything.
+func (p ControlFinishParams) Validate() error {
+	if p.Status != StatusProcessed && p.Status != StatusFailed {
+		return fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+	}
+	return nil
+}
+
 // ControlReleaseParams hands a Processing item back after a transient
 // failure: Processing → Queued, attempts+1, NextAttemptAt = now + RetryIn.
 type ControlReleaseParams struct {

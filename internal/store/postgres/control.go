@@ -344,8 +344,8 @@ var finishSQL = `
 // ControlFinish ends a Processing claim as Processed or Failed; false means
 // the caller no longer held it and nothing changed.
 func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
-	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-		return false, fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+	if err := p.Validate(); err != nil {
+		return false, err
 	}
 	tag, err := s.pool.Exec(ctx, finishSQL, p.ItemType, p.ItemID, p.Version, string(p.Status), p.Error)
 	if err != nil {
@@ -712,8 +712,8 @@ func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinish
 	statuses := make([]string, len(ps))
 	errs := make([]string, len(ps))
 	for i, p := range ps {
-		if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-			return nil, fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
+		if err := p.Validate(); err != nil {
+			return nil, err
 		}
 		types[i], ids[i], versions[i], statuses[i], errs[i] = p.ItemType, p.ItemID, p.Version, string(p.Status), p.Error
 	}

@@ -61,7 +61,7 @@ func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimIt
 // mention. Any failure rolls the whole batch back.
 func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
 	for _, p := range ps {
-		if err := finishCheck(p); err != nil {
+		if err := p.Validate(); err != nil {
 			return nil, err
 		}
 	}

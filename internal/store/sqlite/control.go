@@ -160,7 +160,7 @@ const finishSQL = `UPDATE datapump_control SET
 // ControlFinish ends a claim as Processed or Failed; false means the caller
 // no longer held it and nothing changed.
 func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
-	if err := finishCheck(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return false, err
 	}
 	var ok bool
@@ -173,14 +173,6 @@ func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) 
 		return false, fmt.Errorf("finish %s: %w", p.ItemKey, err)
 	}
 	return ok, nil
-}
-
-// finishCheck refuses a finish to any status but Processed or Failed.
-func finishCheck(p store.ControlFinishParams) error {
-	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-		return fmt.Errorf("finish %s: status %q is not Processed or Failed", p.ItemKey, p.Status)
-	}
-	return nil
 }
 
 // finish ends one claim inside tx: ControlFinish runs it alone,

@@ -261,7 +261,7 @@ SELECT ord FROM @done;`
 // as for ControlFinish).
 func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
 	for _, p := range ps {
-		if err := finishCheck(p); err != nil {
+		if err := p.Validate(); err != nil {
 			return nil, err
 		}
 	}

@@ -488,18 +488,10 @@ SELECT @@ROWCOUNT;`
 	return q, a
 }
 
-// finishCheck refuses a finish to any status but Processed or Failed.
-func finishCheck(p store.ControlFinishParams) error {
-	if p.Status != store.StatusProcessed && p.Status != store.StatusFailed {
-		return fmt.Errorf("finish %s: status: %q is not Processed or Failed", p.ItemKey, p.Status)
-	}
-	return nil
-}
-
 // ControlFinish ends a Processing claim as Processed or Failed; false means
 // the caller no longer held it and nothing changed.
 func (s *Store) ControlFinish(ctx context.Context, p store.ControlFinishParams) (bool, error) {
-	if err := finishCheck(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return false, err
 	}
 	q, args := s.finishSQL(p)
