@@ -28,6 +28,29 @@ func TestRunPumpEmbeddedDeliversEveryItemOnce(t *testing.T) {
 	require.Positive(t, res.InsertToCIS.P99ms)
 }
 
+// TestRunPumpWithIntervalCISLatencyAndInsertRate: the settings a latency
+// run uses reach the pump and the mock CIS, and the result says so; every
+// item written while the jobs run is delivered once, and marked Processed
+// no sooner than the CIS's delay after it was Queued.
+func TestRunPumpWithIntervalCISLatencyAndInsertRate(t *testing.T) {
+	t.Parallel()
+	opts := bench.DefaultOptions()
+	opts.Items, opts.Billers, opts.Shards = 60, 3, 1
+	opts.Concurrency = 8
+	opts.Timeout = time.Minute
+	opts.Interval = 300 * time.Millisecond
+	opts.CISLatency = 30 * time.Millisecond
+	opts.InsertRate = 200
+	res, err := bench.RunPump(context.Background(), opts)
+	require.NoError(t, err)
+	require.Equal(t, 60, res.Delivered)
+	require.Zero(t, res.Duplicates)
+	require.Equal(t, 300.0, res.IntervalMs)
+	require.Equal(t, 30.0, res.CISLatencyMs)
+	require.Equal(t, 200, res.InsertRate)
+	require.GreaterOrEqual(t, res.QueuedToProcessed.P50ms, 30.0, "an item is Processed once the CIS has answered, after its delay")
+}
+
 func postgresOptions(t *testing.T) bench.Options {
 	t.Helper()
 	dsn := os.Getenv("DATAPUMP_TEST_POSTGRES_DSN")
