@@ -261,10 +261,10 @@ func Config(dir string, shards int) config.Config {
 	cfg.Publisher.Interval = 500 * time.Millisecond
 	cfg.Publisher.LeaseTTL = 5 * time.Second
 	cfg.Publisher.StuckAfter = 15 * time.Second
-	// The demo's writer commits each batch within milliseconds of its
-	// created-at, so a short lag covers it many times over and keeps every
-	// round's scan to the last two seconds of rows plus what is pending.
-	cfg.Publisher.WatermarkLag = 2 * time.Second
+	// The demo's writer stamps created-at before it waits for SQLite's
+	// single writer, which on a loaded machine (the test suite under the
+	// race detector) can take seconds: the lag must cover that wait.
+	cfg.Publisher.WatermarkLag = 30 * time.Second
 	cfg.BillerConsumer.Concurrency = 16
 	cfg.BillerConsumer.Batch = 250
 	cfg.BillerConsumer.MaxItemsPerMessage = 500
