@@ -190,6 +190,7 @@ func RunRiver(ctx context.Context, opts Options, tuning RiverTuning) (RiverResul
 		DefaultTimeout: cfg.Timeout, Retries: cfg.Retries, BackoffInitial: cfg.BackoffInitial, BackoffMax: cfg.BackoffMax,
 		DefaultRatePerSecond: cfg.RatePerSecond, DefaultMaxConcurrent: cfg.MaxConcurrent,
 		BreakerFailures: cfg.BreakerFailures, BreakerOpenFor: cfg.BreakerOpenFor, Logger: opts.Logger,
+		MaxIdleConnsPerHost: tuning.Workers,
 	})
 	if err != nil {
 		return res, fmt.Errorf("cis client: %w", err)

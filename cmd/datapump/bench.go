@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,7 +27,7 @@ func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
 	var quick, withRiver, withCeiling, polling, verbose bool
 	histories := []int{10000, 1000000}
-	var cpuProfile string
+	var cpuProfile, memProfile string
 	var fairness bool
 	bigItems := 50000
 	var scaling bool
@@ -104,7 +105,7 @@ process, as a table and as a final JSON line.`,
 			}
 			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
 				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
-			stopProfile, err := startCPUProfile(cpuProfile)
+			stopProfile, err := startProfiles(cpuProfile, memProfile)
 			if err != nil {
 				return err
 			}
@@ -170,6 +171,7 @@ process, as a table and as a final JSON line.`,
 	f.BoolVar(&polling, "polling", false, "only time the pending scan and a biller claim with each --history size of processed records (PostgreSQL)")
 	f.IntSliceVar(&histories, "history", histories, "processed control records already in the shard, for --polling")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the pump run (not the anchors) to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write the process's allocations up to the end of the pump run (its loading included, not the anchors) to this file, as a pprof allocs profile")
 	f.BoolVar(&fairness, "fairness", false, "only compare the small billers' p99 with and without one big biller (--items over --billers, default 5000 over 50)")
 	f.IntVar(&bigItems, "big-items", bigItems, "the big biller's items, for --fairness")
 	f.BoolVar(&scaling, "scaling", false, "only measure items/s with each --processes count of item consumer processes (PostgreSQL)")
@@ -257,6 +259,30 @@ func printPollingResult(w io.Writer, r bench.PollingResult) {
 	tw.Flush()
 }
 
+// startProfiles profiles the process's CPU into cpuPath and its
+// allocations into memPath (nothing for an empty path) until the returned
+// func is called.
+func startProfiles(cpuPath, memPath string) (func() error, error) {
+	stopCPU, err := startCPUProfile(cpuPath)
+	if err != nil {
+		return nil, err
+	}
+	if memPath == "" {
+		return stopCPU, nil
+	}
+	return func() error {
+		err := stopCPU()
+		f, ferr := os.Create(memPath)
+		if ferr != nil {
+			return errors.Join(err, fmt.Errorf("memory profile: %w", ferr))
+		}
+		if werr := pprof.Lookup("allocs").WriteTo(f, 0); werr != nil {
+			err = errors.Join(err, fmt.Errorf("memory profile: %w", werr))
+		}
+		return errors.Join(err, f.Close())
+	}, nil
+}
+
 // startCPUProfile profiles the process into path (nothing when empty) until
 // the returned func is called.
 func startCPUProfile(path string) (func() error, error) {
@@ -302,7 +328,7 @@ func runFairness(cmd *cobra.Command, w io.Writer, opts bench.Options, bigItems i
 // runScaling runs the pump once per count of item consumer processes, on
 // PostgreSQL, and ends with every run and its speed-up as JSON.
 func runScaling(cmd *cobra.Command, w io.Writer, opts bench.Options, processes []int) error {
-	for _, other := range []string{"quick", "fairness", "polling", "river", "ceiling", "insert-rate", "cpuprofile"} {
+	for _, other := range []string{"quick", "fairness", "polling", "river", "ceiling", "insert-rate", "cpuprofile", "memprofile"} {
 		if cmd.Flags().Changed(other) {
 			return badInput("--scaling does not go with --%s", other)
 		}

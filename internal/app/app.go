@@ -140,6 +140,8 @@ func (a *App) OpenBus(ctx context.Context) error {
 		DefaultTimeout: c.Timeout, Retries: c.Retries, BackoffInitial: c.BackoffInitial, BackoffMax: c.BackoffMax,
 		DefaultRatePerSecond: c.RatePerSecond, DefaultMaxConcurrent: c.MaxConcurrent,
 		BreakerFailures: c.BreakerFailures, BreakerOpenFor: c.BreakerOpenFor, Logger: a.Logger,
+		// Every item handler of every type may be in one CIS call at once.
+		MaxIdleConnsPerHost: a.Config.ItemConsumer.Concurrency * len(a.Items.Types()),
 	})
 	if err != nil {
 		return fmt.Errorf("cis client: %w", err)

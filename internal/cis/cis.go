@@ -49,6 +49,9 @@ const (
 	DefaultAPIKeyHeader = "X-Api-Key"
 )
 
+// defaultMaxIdleConnsPerHost is Config.MaxIdleConnsPerHost's default.
+const defaultMaxIdleConnsPerHost = 64
+
 // maxDrain bounds how much of a response body is read (to reuse the
 // connection, or to quote it in an Error).
 const maxDrain = 64 << 10
@@ -77,6 +80,12 @@ type Config struct {
 	// BreakerOpenFor is how long an open breaker refuses calls before it lets
 	// one probe through (half-open).
 	BreakerOpenFor time.Duration
+	// MaxIdleConnsPerHost is how many connections to one host the default
+	// HTTPClient keeps open between requests (default 64). Set it to the
+	// most requests the process can have in flight: many billers may share
+	// one CIS host, and every request beyond the idle pool's size opens a
+	// new connection and closes it after.
+	MaxIdleConnsPerHost int
 	// HTTPClient sends the requests. The default does not follow redirects,
 	// so a redirect cannot carry an API key to another host.
 	HTTPClient *http.Client
@@ -105,6 +114,8 @@ func (cfg Config) Validate() error {
 	switch {
 	case cfg.DefaultRatePerSecond < 0:
 		return fmt.Errorf("cis: default_rate_per_second: %g must not be negative", cfg.DefaultRatePerSecond)
+	case cfg.MaxIdleConnsPerHost < 0:
+		return fmt.Errorf("cis: max_idle_conns_per_host: %d must not be negative", cfg.MaxIdleConnsPerHost)
 	case cfg.DefaultMaxConcurrent < 0:
 		return fmt.Errorf("cis: default_max_concurrent: %d must not be negative", cfg.DefaultMaxConcurrent)
 	case cfg.BreakerFailures < 0:
@@ -142,9 +153,15 @@ func (cfg Config) withDefaults() Config {
 	if cfg.BreakerOpenFor == 0 {
 		cfg.BreakerOpenFor = DefaultBreakerOpenFor
 	}
+	if cfg.MaxIdleConnsPerHost == 0 {
+		cfg.MaxIdleConnsPerHost = defaultMaxIdleConnsPerHost
+	}
 	if cfg.HTTPClient == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.MaxIdleConnsPerHost = 64
+		// No cap across hosts (the default's 100 would close connections
+		// to billers' hosts while their requests keep coming).
+		tr.MaxIdleConns = 0
+		tr.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
 		cfg.HTTPClient = &http.Client{
 			Transport: tr,
 			CheckRedirect: func(*http.Request, []*http.Request) error {

@@ -801,6 +801,7 @@ func TestConfigValidate(t *testing.T) {
 		"breaker_open_for":        {BreakerOpenFor: -1},
 		"default_rate_per_second": {DefaultRatePerSecond: -1},
 		"default_max_concurrent":  {DefaultMaxConcurrent: -1},
+		"max_idle_conns_per_host": {MaxIdleConnsPerHost: -1},
 		"breaker_failures":        {BreakerFailures: -1},
 		"backoff_initial":         {BackoffInitial: time.Second, BackoffMax: time.Millisecond},
 	} {
@@ -810,6 +811,53 @@ func TestConfigValidate(t *testing.T) {
 	c, err := cis.New(cis.Config{})
 	require.NoError(t, err)
 	require.Equal(t, "closed", c.BreakerState("b1"))
+}
+
+// TestIdleConnectionsCoverTheRequestsInFlight: with MaxIdleConnsPerHost
+// at the most requests in flight, a second wave of as many concurrent
+// requests to one host reuses the first wave's connections and opens none
+// (the transport's own defaults keep 2 per host and 100 in all, and the
+// rest would be dialled and closed again on every wave).
+func TestIdleConnectionsCoverTheRequestsInFlight(t *testing.T) {
+	t.Parallel()
+	const inFlight = 120 // above the old 64 per host and the transport's 100 in all
+	var opened atomic.Int64
+	var arrived sync.WaitGroup
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Done()
+		<-release
+		w.WriteHeader(http.StatusOK)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, _ := newClient(t, func(cfg *cis.Config) {
+		cfg.DefaultMaxConcurrent = inFlight
+		cfg.MaxIdleConnsPerHost = inFlight
+	})
+	wave := func(n int) {
+		arrived.Add(inFlight)
+		release = make(chan struct{})
+		var sent sync.WaitGroup
+		for i := range inFlight {
+			sent.Go(func() {
+				_, err := c.Send(context.Background(), request(srv.URL, fmt.Sprintf("w%d-%d", n, i)))
+				require.NoError(t, err)
+			})
+		}
+		arrived.Wait() // every request of the wave is in flight at once
+		close(release)
+		sent.Wait()
+	}
+	wave(1)
+	require.EqualValues(t, inFlight, opened.Load(), "the first wave opens one connection per request in flight")
+	wave(2)
+	require.EqualValues(t, inFlight, opened.Load(), "the second wave reuses them")
 }
 
 func TestErrorMessage(t *testing.T) {

@@ -152,7 +152,9 @@ func (s *Store) lockKey(purpose string) int64 {
 type source struct {
 	store.Source
 	table, key, biller, createdAt, typeColumn string
-	enrich                                    string
+	// enrich reads one item ($1); enrichSet reads a batch of them ($1 an
+	// array) with each row led by its key's position in the array.
+	enrich, enrichSet string
 }
 
 func compileSources(in []store.Source) (map[string]source, []string, error) {
@@ -175,6 +177,7 @@ func compileSources(in []store.Source) (map[string]source, []string, error) {
 			biller:    pgx.Identifier{src.BillerColumn}.Sanitize(),
 			createdAt: pgx.Identifier{src.CreatedAtColumn}.Sanitize(),
 			enrich:    bindEnrich(src.EnrichQuery),
+			enrichSet: bindEnrichSet(src.EnrichQuery),
 		}
 		if src.TypeColumn != "" {
 			c.typeColumn = pgx.Identifier{src.TypeColumn}.Sanitize()
@@ -212,6 +215,17 @@ const enrichSentinel = "__datapump_item_id__"
 // bindEnrich replaces the enrichment query's :id with $1.
 func bindEnrich(q string) string {
 	return strings.ReplaceAll(store.BindEnrichQuery(q, enrichSentinel), enrichSentinel, "$1")
+}
+
+// bindEnrichSet wraps the enrichment query in a lateral join over an
+// array of item ids, so one statement reads a whole batch: each result row
+// starts with the (1-based) position of its id in the array, then the
+// query's first row for that id, exactly as ItemEnrich reads it. An id with
+// no row has no result row.
+func bindEnrichSet(q string) string {
+	inner := store.BindEnrichQuery(q, "datapump_keys.item_id")
+	return `SELECT datapump_keys.ord, datapump_row.* FROM unnest($1::bigint[]) WITH ORDINALITY AS datapump_keys(item_id, ord) ` +
+		`CROSS JOIN LATERAL (SELECT * FROM (` + inner + `) datapump_q LIMIT 1) datapump_row`
 }
 
 // redactedError hides the connection string's password from the message

@@ -324,3 +324,43 @@ func TestItemEnrichBatchKeepsAFailureWithItsItem(t *testing.T) {
 	require.EqualValues(t, 20, got[2].Row["share"])
 	require.ErrorIs(t, got[3].Err, store.ErrRelatedMissing)
 }
+
+// TestItemEnrichSetReadsWhatItemEnrichReads: the one-statement batch read
+// (which ItemEnrichBatch falls back from silently) returns, for each id,
+// exactly the row ItemEnrich returns: the query's first row in its own
+// order, the same columns, nothing for an id without one, and the same row
+// again for an id asked twice.
+func TestItemEnrichSetReadsWhatItemEnrichReads(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	base := openFresh(t, nil)
+	_, err := base.pool.Exec(ctx, `CREATE TABLE meters (id bigint PRIMARY KEY, biller text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+		CREATE TABLE meter_reads (meter_id bigint NOT NULL, seq int NOT NULL, kwh numeric NOT NULL)`)
+	require.NoError(t, err)
+	s, err := Open(ctx, Config{DSN: testDSN(t), Schema: base.schema, Sources: []store.Source{{
+		ItemType: "meter", Table: "meters", KeyColumn: "id", BillerColumn: "biller", CreatedAtColumn: "at",
+		EnrichQuery: `SELECT m.id AS item_id, m.biller, r.seq, r.kwh FROM meters m JOIN meter_reads r ON r.meter_id = m.id WHERE m.id = :id ORDER BY r.seq DESC`,
+	}}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	_, err = s.pool.Exec(ctx, `INSERT INTO meters (id, biller) VALUES (1, 'b1'), (2, 'b2'), (3, 'b1');
+		INSERT INTO meter_reads VALUES (1, 1, 10.5), (1, 3, 12), (1, 2, 11), (2, 7, 0.25)`)
+	require.NoError(t, err)
+
+	ids := []int64{3, 1, 99, 2, 1}
+	got, err := s.enrichSetOf(ctx, s.sources["meter"], ids)
+	require.NoError(t, err)
+	require.Len(t, got, len(ids))
+	for i, id := range ids {
+		want, wantErr := s.ItemEnrich(ctx, store.ItemKey{ItemType: "meter", ItemID: id})
+		if wantErr != nil {
+			require.ErrorIs(t, wantErr, store.ErrRelatedMissing)
+			require.Nil(t, got[i], "id %d has no row", id)
+			continue
+		}
+		require.Equal(t, want, got[i], "id %d", id)
+	}
+	require.EqualValues(t, 3, got[1]["seq"], "the query's own order picks the first row")
+	require.Equal(t, got[1], got[4])
+	require.Equal(t, 0.25, got[3]["kwh"])
+}

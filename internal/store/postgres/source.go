@@ -107,13 +107,22 @@ func (s *Store) itemSource(ctx context.Context, src source, key store.ItemKey) (
 	return row, nil
 }
 
-// ItemEnrichBatch runs every item's enrichment query in one round trip (a
-// pipelined batch of the same statements ItemEnrich runs). The batch is
-// one implicit transaction, so a query that fails aborts the ones after
-// it; then every item is read again on its own, and the failure stays
-// with the item that caused it.
+// ItemEnrichBatch reads every item's enrichment in one statement per item
+// type (the enrichment query joined laterally over the batch's ids, see
+// bindEnrichSet). If that statement fails, as it does when one item's
+// data breaks the query, the batch is read again as pipelined per-item
+// queries, and if one of those fails (aborting the ones after it in the
+// batch's implicit transaction), item by item, so the failure stays with
+// the item that caused it.
 func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
-	out, err := s.enrichPipelined(ctx, keys)
+	out, err := s.enrichSet(ctx, keys)
+	if err == nil {
+		return out, nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("enrich items: %w", err)
+	}
+	out, err = s.enrichPipelined(ctx, keys)
 	if err == nil {
 		return out, nil
 	}
@@ -125,6 +134,75 @@ func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]st
 		out[i].Row, out[i].Err = s.ItemEnrich(ctx, k)
 	}
 	return out, nil
+}
+
+// enrichSet reads the batch with one set-based statement per item type.
+// Keys without a row get store.ErrRelatedMissing; any statement error
+// fails the whole batch.
+func (s *Store) enrichSet(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
+	out := make([]store.EnrichResult, len(keys))
+	byType := map[string][]int{}
+	var types []string
+	for i, key := range keys {
+		if _, err := s.source(key.ItemType); err != nil {
+			out[i].Err = fmt.Errorf("enrich %s: %w", key, err)
+			continue
+		}
+		if _, seen := byType[key.ItemType]; !seen {
+			types = append(types, key.ItemType)
+		}
+		byType[key.ItemType] = append(byType[key.ItemType], i)
+	}
+	for _, itemType := range types {
+		positions := byType[itemType]
+		ids := make([]int64, len(positions))
+		for j, i := range positions {
+			ids[j] = keys[i].ItemID
+		}
+		found, err := s.enrichSetOf(ctx, s.sources[itemType], ids)
+		if err != nil {
+			return nil, fmt.Errorf("enrich %d %s items: %w", len(ids), itemType, err)
+		}
+		for j, i := range positions {
+			if found[j] == nil {
+				out[i].Err = fmt.Errorf("enrich %s: %w", keys[i], store.ErrRelatedMissing)
+				continue
+			}
+			out[i].Row = found[j]
+		}
+	}
+	return out, nil
+}
+
+// enrichSetOf runs src's set-based enrichment over ids and returns each
+// id's row by position (nil where the query found none).
+func (s *Store) enrichSetOf(ctx context.Context, src source, ids []int64) ([]map[string]any, error) {
+	rows, err := s.pool.Query(ctx, src.enrichSet, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	found := make([]map[string]any, len(ids))
+	fields := rows.FieldDescriptions()
+	for rows.Next() {
+		values, err := rows.Values()
+		if err != nil {
+			return nil, err
+		}
+		ord, ok := values[0].(int64)
+		if !ok || ord < 1 || int(ord) > len(ids) {
+			return nil, fmt.Errorf("enrichment row for position %v of %d", values[0], len(ids))
+		}
+		row := make(map[string]any, len(values)-1)
+		for c := 1; c < len(values); c++ {
+			row[fields[c].Name] = plainValue(values[c])
+		}
+		found[ord-1] = row
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return found, nil
 }
 
 // enrichPipelined sends the enrichment queries as one batch; any query
