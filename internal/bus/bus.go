@@ -94,7 +94,11 @@ func NewDelivery(m Message, topic, subscription string, deliveryCount int, enque
 	return &Delivery{Message: m, Topic: topic, Subscription: subscription, DeliveryCount: deliveryCount, EnqueuedAt: enqueuedAt, settler: s}
 }
 
-// Complete removes the message from the subscription.
+// Complete removes the message from the subscription. An adapter may
+// return before the broker has recorded it (JetStream does); a completion
+// lost on a dropped connection means one more delivery, so a handler must
+// (as the pump's do, through the control record) find a redelivered
+// message's work already done.
 func (d *Delivery) Complete(ctx context.Context) error { return d.settler.Complete(ctx) }
 
 // Abandon releases the message for redelivery after delay (zero: at once).

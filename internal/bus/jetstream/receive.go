@@ -334,10 +334,15 @@ func (d *delivery) settle(op func() error) error {
 	return nil
 }
 
-// Complete acknowledges the message and waits for the server to confirm.
-func (d *delivery) Complete(ctx context.Context) error {
+// Complete acknowledges the message without waiting for the server's
+// confirmation, as Abandon's nak does: the ack goes out on the connection
+// in order, and Close drains it. One lost in transit (the connection
+// dropped) means one redelivery after AckWait, which the pump's control
+// record turns into a no-op; waiting for the confirmation held a handler
+// and cost the server a reply per message (docs/decisions.md).
+func (d *delivery) Complete(context.Context) error {
 	return d.settle(func() error {
-		if err := d.msg.DoubleAck(ctx); err != nil {
+		if err := d.msg.Ack(); err != nil {
 			return fmt.Errorf("ack: %w", err)
 		}
 		return nil
