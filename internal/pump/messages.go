@@ -1,6 +1,7 @@
 package pump
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -177,7 +178,7 @@ func (m ItemMessage) validate() error {
 // decodeStrict decodes one JSON object; unknown fields are tolerated so a
 // newer producer can add optional fields within a schema version.
 func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
 	}
