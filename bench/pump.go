@@ -125,9 +125,12 @@ type Latency struct {
 
 // Throughput is what the mock CIS accepted in a run, and how fast.
 type Throughput struct {
-	// Delivered counts distinct idempotency keys, Duplicates the repeats.
+	// Delivered counts distinct idempotency keys, Duplicates the repeats,
+	// Resends those of the repeats that were a later attempt of one CIS
+	// call (its answer lost or late), not a second delivery.
 	Delivered  int `json:"delivered"`
 	Duplicates int `json:"duplicates"`
+	Resends    int `json:"resends"`
 	// ElapsedS is from the jobs' start to the last delivery.
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
@@ -344,7 +347,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 	runner.Stop()
 	stats := r.mock.Stats()
 	return Throughput{
-		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates,
+		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates, Resends: stats.Resends,
 		ElapsedS: elapsed.Seconds(), ItemsPerS: float64(stats.UniqueAccepted) / elapsed.Seconds(),
 	}, nil
 }

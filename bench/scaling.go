@@ -144,7 +144,8 @@ func scalingPoint(ctx context.Context, opts Options, processes int) (ScalingPoin
 		return point, err
 	}
 	// A duplicate sent while the processes drained counts too.
-	point.Duplicates = r.mock.Stats().Duplicates
+	stats := r.mock.Stats()
+	point.Duplicates, point.Resends = stats.Duplicates, stats.Resends
 	return point, nil
 }
 

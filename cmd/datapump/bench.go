@@ -123,7 +123,7 @@ process, as a table and as a final JSON line.`,
 			}
 			fmt.Fprintln(env.stdout, string(line))
 			if res.Duplicates > 0 {
-				return fmt.Errorf("bench: the CIS saw %d duplicates", res.Duplicates)
+				return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", res.Duplicates, res.Resends)
 			}
 			if withCeiling {
 				cr, err := bench.RunCeiling(cmd.Context(), opts)
@@ -188,7 +188,7 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 	} else {
 		fmt.Fprintf(tw, "pump (%s, all items written first, publisher interval %g ms)\t\n", r.Backend, r.IntervalMs)
 	}
-	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates)
+	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates, %d of them resends within one CIS call)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates, r.Resends)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
 	fmt.Fprintf(tw, "  latency\tp50\tp95\tp99\n")
@@ -357,21 +357,22 @@ func runScaling(cmd *cobra.Command, w io.Writer, opts bench.Options, processes [
 	if err := printJSON(w, res); err != nil {
 		return err
 	}
-	duplicates := 0
+	duplicates, resends := 0, 0
 	for _, p := range res.Points {
 		duplicates += p.Duplicates
+		resends += p.Resends
 	}
 	if duplicates > 0 {
-		return fmt.Errorf("bench: the CIS saw %d duplicates", duplicates)
+		return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", duplicates, resends)
 	}
 	return nil
 }
 
 func printScalingResult(w io.Writer, r bench.ScalingResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "processes\tconns/shard each\tdelivered\tduplicates\telapsed\tthroughput\tspeed-up over %d\n", r.BaseProcesses)
+	fmt.Fprintf(tw, "processes\tconns/shard each\tdelivered\tduplicates (resends)\telapsed\tthroughput\tspeed-up over %d\n", r.BaseProcesses)
 	for _, p := range r.Points {
-		fmt.Fprintf(tw, "%d\t%d\t%d of %d\t%d\t%.2f s\t%.0f items/s\t%.2f×\n", p.Processes, p.ShardConns, p.Delivered, p.Items, p.Duplicates, p.ElapsedS, p.ItemsPerS, p.SpeedUp)
+		fmt.Fprintf(tw, "%d\t%d\t%d of %d\t%d (%d)\t%.2f s\t%.0f items/s\t%.2f×\n", p.Processes, p.ShardConns, p.Delivered, p.Items, p.Duplicates, p.Resends, p.ElapsedS, p.ItemsPerS, p.SpeedUp)
 	}
 	tw.Flush()
 }

@@ -284,7 +284,7 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 		}
 		_, err = b.breaker.Execute(func() (struct{}, error) {
 			res.Attempts++
-			status, tok, e := c.attempt(ctx, r, target, shown, timeout, au)
+			status, tok, e := c.attempt(ctx, r, target, shown, timeout, au, res.Attempts)
 			res.StatusCode = status
 			if e == nil {
 				return struct{}{}, nil
@@ -417,9 +417,14 @@ func (c *Client) secret(billerID, field, env string) (string, error) {
 	return v, nil
 }
 
-// attempt makes one HTTP request. It returns the status (0 without an
-// answer) and, under OAuth2, the token it sent.
-func (c *Client) attempt(ctx context.Context, r Request, target, shown string, timeout time.Duration, au authorizer) (int, *oauth2.Token, *Error) {
+// AttemptHeader carries the attempt number of a request within one Send
+// (1 for the first): a CIS, or an operator reading its logs, can tell a
+// resend after a lost or late answer from a second delivery of the item.
+const AttemptHeader = "Datapump-Attempt"
+
+// attempt makes one HTTP request, the n-th of its Send. It returns the
+// status (0 without an answer) and, under OAuth2, the token it sent.
+func (c *Client) attempt(ctx context.Context, r Request, target, shown string, timeout time.Duration, au authorizer, n int) (int, *oauth2.Token, *Error) {
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(r.Body))
@@ -434,6 +439,7 @@ func (c *Client) attempt(ctx context.Context, r Request, target, shown string, t
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "datapump")
 	req.Header.Set("Idempotency-Key", r.IdempotencyKey)
+	req.Header.Set(AttemptHeader, strconv.Itoa(n))
 	req.Header.Set("X-Biller-Id", r.BillerID)
 
 	var tok *oauth2.Token

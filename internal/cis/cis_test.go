@@ -250,6 +250,43 @@ func TestRetryThenSuccess(t *testing.T) {
 	require.Equal(t, "k1", retries[0]["item"])
 }
 
+// TestAttemptsAreNumberedAndAMockCountsTheResend: every request of one
+// Send carries its attempt number, so when the first attempt was accepted
+// but its answer came too late, the CIS sees the second as a resend of the
+// same Idempotency-Key, not a second delivery.
+func TestAttemptsAreNumberedAndAMockCountsTheResend(t *testing.T) {
+	t.Parallel()
+	var (
+		mu       sync.Mutex
+		attempts []string
+	)
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		attempts = append(attempts, r.Header.Get(cis.AttemptHeader))
+		first := len(attempts) == 1
+		mu.Unlock()
+		if first {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(flaky.Close)
+	c, _ := newClient(t, func(cfg *cis.Config) { cfg.DefaultTimeout = 200 * time.Millisecond })
+	res, err := c.Send(context.Background(), request(flaky.URL, "k0"))
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Attempts)
+	require.Equal(t, []string{"1", "2"}, attempts, "a 503, then the accepted attempt")
+
+	m, srv := startMock(t, mockcis.Faults{})
+	m.SetFaults(mockcis.Faults{RateTimeout: 1, TimeoutDelay: time.Minute})
+	_, err = c.Send(context.Background(), request(srv.URL, "k1"))
+	require.Error(t, err, "every attempt outran the timeout")
+	st := m.Stats()
+	require.Equal(t, cis.DefaultRetries, st.Duplicates, "each resend was accepted again")
+	require.Equal(t, cis.DefaultRetries, st.Resends, "and the mock knows they were resends")
+}
+
 func TestRetriesExhaustedIsTransient(t *testing.T) {
 	t.Parallel()
 	m, srv := startMock(t, mockcis.Faults{FailFirst: map[string]int{"k1": 100}})

@@ -34,8 +34,9 @@
 //     handlers. It does not use the client's Messages/Consume iterators:
 //     under load they can stop issuing pull requests (a race between
 //     receiving a request's last message and recording that the request was
-//     sent) and stall until a heartbeat is missed. Complete is a
-//     synchronous ack (DoubleAck), Abandon(delay) is NakWithDelay (Nak when
+//     sent) and stall until a heartbeat is missed. Complete is an ack
+//     sent without waiting for the server's confirmation (a lost one is
+//     a redelivery after AckWait), Abandon(delay) is NakWithDelay (Nak when
 //     zero), RenewLock is InProgress, DeliveryCount is the metadata's
 //     NumDelivered. Handlers run on a context that is not cancelled when
 //     Receive's context is, so in-flight work can finish and settle during

@@ -26,9 +26,12 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/datapump/datapump/internal/cis"
 )
 
 // maxBody is the largest delivery body the mock reads.
@@ -92,6 +95,11 @@ type Stats struct {
 	UniqueAccepted int `json:"uniqueAccepted"`
 	// Duplicates is accepted deliveries whose key had already been accepted.
 	Duplicates int `json:"duplicates"`
+	// Resends is the Duplicates that were a later attempt of one client
+	// call (cis.AttemptHeader above 1): the answer to an accepted attempt
+	// was lost or came too late, and the client sent it again. The rest are
+	// second deliveries of an item.
+	Resends int `json:"resends"`
 	// TokensIssued is the number of OAuth2 tokens /oauth/token handed out.
 	TokensIssued int `json:"tokensIssued"`
 }
@@ -363,6 +371,9 @@ func (s *Server) decide(r *http.Request, key, biller string, body []byte, tooLar
 		s.stats.Accepted++
 		if _, seen := s.accepted[key]; seen {
 			s.stats.Duplicates++
+			if n, err := strconv.Atoi(r.Header.Get(cis.AttemptHeader)); err == nil && n > 1 {
+				s.stats.Resends++
+			}
 			duplicate = true
 		} else {
 			s.stats.UniqueAccepted++

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/datapump/datapump/internal/cis"
 	"github.com/datapump/datapump/internal/cis/mockcis"
 )
 
@@ -226,6 +227,30 @@ func TestFaultKinds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestResendsAreTheDuplicatesOfALaterAttempt: a repeated accepted key
+// sent as attempt 2 or later of one call is a resend (and a duplicate);
+// one sent as attempt 1, or with no attempt number, is a second delivery.
+func TestResendsAreTheDuplicatesOfALaterAttempt(t *testing.T) {
+	t.Parallel()
+	m, srv := start(t, mockcis.Faults{})
+	send := func(key, attempt string) {
+		header := map[string]string{}
+		if attempt != "" {
+			header[cis.AttemptHeader] = attempt
+		}
+		a, err := deliver(t, http.DefaultClient, srv.URL, "/payments", key, `{"billerId":"b1"}`, header)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, a.status)
+	}
+	send("k1", "1")
+	send("k1", "2") // resend
+	send("k1", "1") // second delivery
+	send("k2", "3") // first acceptance of k2, whatever the attempt
+	send("k2", "")  // second delivery
+	send("k2", "x") // unreadable attempt: counted as a second delivery
+	require.Equal(t, mockcis.Stats{Requests: 6, Accepted: 6, UniqueAccepted: 2, Duplicates: 4, Resends: 1}, m.Stats())
 }
 
 func TestTimeoutFaultAcceptsWhenClientGivesUp(t *testing.T) {
