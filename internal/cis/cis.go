@@ -37,20 +37,18 @@ import (
 
 // Defaults applied by New to zero Config fields.
 const (
-	DefaultTimeout         = 10 * time.Second
-	DefaultRetries         = 2
-	DefaultBackoffInitial  = 200 * time.Millisecond
-	DefaultBackoffMax      = 5 * time.Second
-	DefaultRetryAfterMax   = 30 * time.Second
-	DefaultMaxConcurrent   = 16
-	DefaultBreakerFailures = 5
-	DefaultBreakerOpenFor  = 30 * time.Second
+	DefaultTimeout             = 10 * time.Second
+	DefaultRetries             = 2
+	DefaultBackoffInitial      = 200 * time.Millisecond
+	DefaultBackoffMax          = 5 * time.Second
+	DefaultRetryAfterMax       = 30 * time.Second
+	DefaultMaxConcurrent       = 16
+	DefaultBreakerFailures     = 5
+	DefaultBreakerOpenFor      = 30 * time.Second
+	DefaultMaxIdleConnsPerHost = 64
 	// DefaultAPIKeyHeader carries the API key when the endpoint names none.
 	DefaultAPIKeyHeader = "X-Api-Key"
 )
-
-// defaultMaxIdleConnsPerHost is Config.MaxIdleConnsPerHost's default.
-const defaultMaxIdleConnsPerHost = 64
 
 // maxDrain bounds how much of a response body is read (to reuse the
 // connection, or to quote it in an Error).
@@ -154,7 +152,7 @@ func (cfg Config) withDefaults() Config {
 		cfg.BreakerOpenFor = DefaultBreakerOpenFor
 	}
 	if cfg.MaxIdleConnsPerHost == 0 {
-		cfg.MaxIdleConnsPerHost = defaultMaxIdleConnsPerHost
+		cfg.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
 	}
 	if cfg.HTTPClient == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()

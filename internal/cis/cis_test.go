@@ -278,8 +278,7 @@ func TestAttemptsAreNumberedAndAMockCountsTheResend(t *testing.T) {
 	require.Equal(t, 2, res.Attempts)
 	require.Equal(t, []string{"1", "2"}, attempts, "a 503, then the accepted attempt")
 
-	m, srv := startMock(t, mockcis.Faults{})
-	m.SetFaults(mockcis.Faults{RateTimeout: 1, TimeoutDelay: time.Minute})
+	m, srv := startMock(t, mockcis.Faults{RateTimeout: 1, TimeoutDelay: time.Minute})
 	_, err = c.Send(context.Background(), request(srv.URL, "k1"))
 	require.Error(t, err, "every attempt outran the timeout")
 	st := m.Stats()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/datapump/datapump/internal/store"
@@ -40,15 +41,22 @@ func enrichRow(rows pgx.Rows, key store.ItemKey) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
-	out := make(map[string]any, len(values))
-	for i, fd := range rows.FieldDescriptions() {
-		out[fd.Name] = plainValue(values[i])
-	}
+	out := columnsByName(rows.FieldDescriptions(), values)
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("enrich %s: %w", key, err)
 	}
 	return out, nil
+}
+
+// columnsByName maps each column's name to its value made plain (see
+// plainValue).
+func columnsByName(fields []pgconn.FieldDescription, values []any) map[string]any {
+	out := make(map[string]any, len(values))
+	for i, fd := range fields {
+		out[fd.Name] = plainValue(values[i])
+	}
+	return out
 }
 
 // plainValue turns pgx's richer types into plain Go values a mapping
@@ -115,21 +123,16 @@ func (s *Store) itemSource(ctx context.Context, src source, key store.ItemKey) (
 // batch's implicit transaction), item by item, so the failure stays with
 // the item that caused it.
 func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
-	out, err := s.enrichSet(ctx, keys)
-	if err == nil {
-		return out, nil
+	for _, read := range []func(context.Context, []store.ItemKey) ([]store.EnrichResult, error){s.enrichSet, s.enrichPipelined} {
+		out, err := read(ctx, keys)
+		if err == nil {
+			return out, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("enrich items: %w", err)
+		}
 	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("enrich items: %w", err)
-	}
-	out, err = s.enrichPipelined(ctx, keys)
-	if err == nil {
-		return out, nil
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("enrich items: %w", err)
-	}
-	out = make([]store.EnrichResult, len(keys))
+	out := make([]store.EnrichResult, len(keys))
 	for i, k := range keys {
 		out[i].Row, out[i].Err = s.ItemEnrich(ctx, k)
 	}
@@ -193,11 +196,7 @@ func (s *Store) enrichSetOf(ctx context.Context, src source, ids []int64) ([]map
 		if !ok || ord < 1 || int(ord) > len(ids) {
 			return nil, fmt.Errorf("enrichment row for position %v of %d", values[0], len(ids))
 		}
-		row := make(map[string]any, len(values)-1)
-		for c := 1; c < len(values); c++ {
-			row[fields[c].Name] = plainValue(values[c])
-		}
-		found[ord-1] = row
+		found[ord-1] = columnsByName(fields[1:], values[1:])
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
