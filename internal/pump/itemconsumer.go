@@ -56,17 +56,65 @@ type ItemConsumer struct {
 
 // shardBatches coalesces the per-item statements of one shard.
 type shardBatches struct {
-	claim  *coalescer[store.ControlClaimItemParams, store.ItemClaimResult]
-	enrich *coalescer[store.ItemKey, store.EnrichResult]
+	claim  *coalescer[store.ControlClaimItemParams, claimedItem]
 	finish *coalescer[store.ControlFinishParams, bool]
 }
 
 func newShardBatches(st store.Store, limit int) *shardBatches {
 	return &shardBatches{
-		claim:  newCoalescer(limit, st.ControlClaimBatch),
-		enrich: newCoalescer(limit, st.ItemEnrichBatch),
+		claim: newCoalescer(limit, func(ctx context.Context, ps []store.ControlClaimItemParams) ([]claimedItem, error) {
+			return claimAndEnrich(ctx, st, ps)
+		}),
 		finish: newCoalescer(limit, st.ControlFinishBatch),
 	}
+}
+
+// claimedItem is one claim's result and, when the claim was acquired, the
+// item's enrichment read.
+type claimedItem struct {
+	store.ItemClaimResult
+	Enriched store.EnrichResult
+}
+
+// claimAndEnrich claims a batch of items and reads the related rows of
+// those it acquired with the next statement, so a batch of claims costs two
+// statements rather than one plus a batch of enrichment reads per handler
+// that happens to wait together. A failed read fails only the enrichment:
+// the items stay claimed and go through the retry path, as a failed read
+// after the claim always did.
+func claimAndEnrich(ctx context.Context, st store.Store, ps []store.ControlClaimItemParams) ([]claimedItem, error) {
+	claims, err := st.ControlClaimBatch(ctx, ps)
+	if err != nil {
+		return nil, err
+	}
+	if len(claims) != len(ps) {
+		return nil, fmt.Errorf("claim batch of %d returned %d results", len(ps), len(claims))
+	}
+	out := make([]claimedItem, len(claims))
+	keys := make([]store.ItemKey, 0, len(claims))
+	acquired := make([]int, 0, len(claims))
+	for i, c := range claims {
+		out[i].ItemClaimResult = c
+		if c.Err == nil && c.Outcome == store.ClaimAcquired {
+			keys = append(keys, ps[i].Key)
+			acquired = append(acquired, i)
+		}
+	}
+	if len(keys) == 0 {
+		return out, nil
+	}
+	rows, err := st.ItemEnrichBatch(ctx, keys)
+	if err == nil && len(rows) != len(keys) {
+		err = fmt.Errorf("enrichment batch of %d returned %d results", len(keys), len(rows))
+	}
+	for j, i := range acquired {
+		if err != nil {
+			out[i].Enriched.Err = err
+			continue
+		}
+		out[i].Enriched = rows[j]
+	}
+	return out, nil
 }
 
 // NewItemConsumer returns the consumer for one item type.
@@ -152,7 +200,7 @@ func (c *ItemConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 	}
 	switch claim.Outcome {
 	case store.ClaimAcquired:
-		c.process(ctx, d, ref, b, claim.Control)
+		c.process(ctx, d, ref, b, claim.Control, claim.Enriched)
 	case store.ClaimNotYet:
 		now, err := st.Now(ctx)
 		delay := c.cfg.RetryInitial
@@ -178,7 +226,7 @@ func claimOrigin(messageOrigin string) string {
 
 // process works one claimed item. Every store update names the claim's
 // version, so a worker whose lease was taken over changes nothing.
-func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef, b catalog.Biller, ctl store.Control) {
+func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef, b catalog.Biller, ctl store.Control, enriched store.EnrichResult) {
 	st := c.deps.Shards[ref.Shard]
 	batches := c.batches[ref.Shard]
 	log := itemLog{l: c.deps.Logger, ref: ref, messageID: d.ID}
@@ -190,7 +238,7 @@ func (c *ItemConsumer) process(ctx context.Context, d *bus.Delivery, ref ItemRef
 	// cut a CIS call short (which would send the item again later).
 	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Lease*3/4)
 	stopLease := c.keepLease(workCtx, cancel, st, fence)
-	err := c.deliver(workCtx, ref, b)
+	err := c.deliver(workCtx, ref, b, enriched)
 	lost := stopLease()
 	cancel()
 	outcome := ItemOutcome{Ref: ref, SourceCreatedAt: ctl.SourceCreatedAt, Err: err}
@@ -336,12 +384,9 @@ func isPermanent(err error) bool {
 	return errors.As(err, &p) || cis.IsPermanent(err)
 }
 
-// deliver enriches the item, maps it and sends it to the biller's CIS.
-func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Biller) error {
-	enriched, err := c.batches[ref.Shard].enrich.do(ctx, ref.ItemKey)
-	if err == nil {
-		err = enriched.Err
-	}
+// deliver maps the enriched item and sends it to the biller's CIS.
+func (c *ItemConsumer) deliver(ctx context.Context, ref ItemRef, b catalog.Biller, enriched store.EnrichResult) error {
+	err := enriched.Err
 	row := enriched.Row
 	if err != nil {
 		if errors.Is(err, store.ErrRelatedMissing) || errors.Is(err, store.ErrNotFound) {
