@@ -3,6 +3,7 @@ package pump
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -37,6 +38,38 @@ type BillerConsumer struct {
 	deps    *Deps
 	cfg     BillerConsumerConfig
 	billers *billerCache
+	drained drainLog
+}
+
+// drainLog remembers, per biller, when this replica last began a claim that
+// came back short of its limit: everything pending from where it started
+// was claimed then. An announcement published before that moment is stale.
+// The publisher announces a biller every interval while it has pending
+// items, so during a backlog a biller's announcements queue up behind the
+// one that drains it, and each would otherwise cost a claim that scans the
+// biller's rows to find nothing.
+type drainLog struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (l *drainLog) mark(billerID string, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.at == nil {
+		l.at = map[string]time.Time{}
+	}
+	if at.After(l.at[billerID]) {
+		l.at[billerID] = at
+	}
+}
+
+// stale reports whether an announcement published at publishedAt came
+// before the last claim that emptied the biller.
+func (l *drainLog) stale(billerID string, publishedAt time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return publishedAt.Before(l.at[billerID])
 }
 
 // NewBillerConsumer checks its dependencies and returns a biller consumer.
@@ -75,6 +108,13 @@ func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 		deadLetter(ctx, c.deps, d, ReasonUnknownShard, err)
 		return
 	}
+	if c.drained.stale(b.ID, m.PublishedAt) {
+		// Whatever the announcement counted was claimed since; an item
+		// pending now is counted and announced again by a later round.
+		log.Debug("announcement older than the claim that emptied the biller; completed")
+		complete(ctx, c.deps, d)
+		return
+	}
 	var from time.Time
 	if m.OldestPendingAt != nil {
 		from = *m.OldestPendingAt
@@ -109,11 +149,15 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 			}
 		}
 		limit := min(c.cfg.Batch, c.cfg.MaxItemsPerMessage-moved)
+		claimedAt := c.deps.Now()
 		claimed, err := st.ControlClaimPending(ctx, store.ControlClaimPendingParams{
 			BillerID: b.ID, CutoverAt: b.CutoverAt, From: from, Limit: limit, Owner: c.cfg.Owner,
 		})
 		if err != nil {
 			return moved, fmt.Errorf("claim pending items: %w", err)
+		}
+		if len(claimed) < limit {
+			c.drained.mark(b.ID, claimedAt)
 		}
 		if len(claimed) == 0 {
 			return moved, nil
