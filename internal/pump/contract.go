@@ -21,6 +21,9 @@ type contract struct {
 	byName map[string]*jsonschema.Schema
 	// byItemType names the schema of each item type that has its own.
 	byItemType map[string]string
+	// plainItemType holds the item types whose own schema is the generic
+	// item schema with itemType narrowed to the type (see canonicalItem).
+	plainItemType map[string]bool
 }
 
 var loadContract = sync.OnceValues(func() (*contract, error) {
@@ -43,7 +46,7 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
 	}
-	out := &contract{byName: map[string]*jsonschema.Schema{}, byItemType: map[string]string{}}
+	out := &contract{byName: map[string]*jsonschema.Schema{}, byItemType: map[string]string{}, plainItemType: map[string]bool{}}
 	for _, name := range names {
 		s, err := c.Compile(name)
 		if err != nil {
@@ -52,6 +55,11 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 		out.byName[name] = s
 		if itemType, ok := strings.CutSuffix(name, "-"+schemas.ItemMessage); ok {
 			out.byItemType[itemType] = name
+			plain, err := isPlainItemSchema(name, itemType)
+			if err != nil {
+				return nil, err
+			}
+			out.plainItemType[itemType] = plain
 		}
 	}
 	return out, nil

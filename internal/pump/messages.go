@@ -147,6 +147,9 @@ func EncodeItemMessage(m ItemMessage, messageID string) (bus.Message, error) {
 
 // DecodeItemMessage parses and validates an item message body.
 func DecodeItemMessage(body []byte) (ItemMessage, error) {
+	if m, ok := canonicalItem(body); ok {
+		return m, nil
+	}
 	var m ItemMessage
 	if err := validateBodyBy(body, itemSchemas); err != nil {
 		return m, err
