@@ -42,12 +42,14 @@ type BillerConsumer struct {
 }
 
 // drainLog remembers, per biller, when this replica last began a claim that
-// came back short of its limit: everything pending from where it started
-// was claimed then. An announcement published before that moment is stale.
-// The publisher announces a biller every interval while it has pending
-// items, so during a backlog a biller's announcements queue up behind the
-// one that drains it, and each would otherwise cost a claim that scans the
-// biller's rows to find nothing.
+// found nothing pending: everything an announcement published before that
+// counted had been claimed by then. The publisher announces a biller every
+// interval while it has pending items, so during a backlog a biller's
+// announcements queue up behind the ones that drain it, and each would
+// otherwise cost a claim that scans the biller's rows to find nothing.
+// (A claim that came back short but not empty is not marked: an
+// announcement queued behind it still picks up items written since, as it
+// did before, rather than leaving them to the next round.)
 type drainLog struct {
 	mu sync.Mutex
 	at map[string]time.Time
@@ -65,7 +67,7 @@ func (l *drainLog) mark(billerID string, at time.Time) {
 }
 
 // stale reports whether an announcement published at publishedAt came
-// before the last claim that emptied the biller.
+// before the last claim that found the biller empty.
 func (l *drainLog) stale(billerID string, publishedAt time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -111,7 +113,7 @@ func (c *BillerConsumer) Handle(ctx context.Context, d *bus.Delivery) {
 	if c.drained.stale(b.ID, m.PublishedAt) {
 		// Whatever the announcement counted was claimed since; an item
 		// pending now is counted and announced again by a later round.
-		log.Debug("announcement older than the claim that emptied the biller; completed")
+		log.Debug("announcement older than a claim that found the biller empty; completed")
 		complete(ctx, c.deps, d)
 		return
 	}
@@ -156,10 +158,8 @@ func (c *BillerConsumer) drain(ctx context.Context, d *bus.Delivery, b catalog.B
 		if err != nil {
 			return moved, fmt.Errorf("claim pending items: %w", err)
 		}
-		if len(claimed) < limit {
-			c.drained.mark(b.ID, claimedAt)
-		}
 		if len(claimed) == 0 {
+			c.drained.mark(b.ID, claimedAt)
 			return moved, nil
 		}
 		from = claimed[len(claimed)-1].SourceCreatedAt

@@ -53,9 +53,10 @@ func (s *settled) DeadLetter(context.Context, string, string) error { return nil
 func (s *settled) RenewLock(context.Context) error                  { return nil }
 
 // TestBillerConsumerCompletesAnnouncementsOlderThanTheDrain: once a claim
-// has come back short (the biller was emptied), an announcement published
-// before it is completed without a claim, and the items written since wait
-// for an announcement published after it, which claims them.
+// has found the biller empty, an announcement published before it is
+// completed without a claim, and the items written since wait for an
+// announcement published after it, which claims them. An announcement
+// queued behind a claim that was short but not empty still claims.
 func TestBillerConsumerCompletesAnnouncementsOlderThanTheDrain(t *testing.T) {
 	ctx := context.Background()
 	types := items.Builtin()
@@ -97,14 +98,21 @@ func TestBillerConsumerCompletesAnnouncementsOlderThanTheDrain(t *testing.T) {
 	}
 
 	insert(3)
-	queuedBefore := time.Now().Add(-time.Second)
-	announce(queuedBefore)
-	require.Equal(t, 3, pub.count(), "the first announcement drains the biller")
+	first := time.Now().Add(-time.Second)
+	announce(first)
+	require.Equal(t, 3, pub.count(), "the first announcement drains the biller with a short claim")
+
+	insert(1)
+	announce(first)
+	require.Equal(t, 4, pub.count(), "an announcement queued behind a short claim still claims")
+
+	announce(first)
+	require.Equal(t, 4, pub.count(), "this one finds the biller empty")
 
 	insert(2)
-	announce(queuedBefore)
-	require.Equal(t, 3, pub.count(), "an announcement older than the drain claims nothing")
+	announce(first)
+	require.Equal(t, 4, pub.count(), "an announcement older than the empty claim claims nothing")
 
 	announce(time.Now())
-	require.Equal(t, 5, pub.count(), "a later announcement claims what was written since")
+	require.Equal(t, 6, pub.count(), "a later announcement claims what was written since")
 }
