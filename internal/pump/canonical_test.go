@@ -120,10 +120,8 @@ func TestPlainItemSchemaIsTheGenericOneNarrowed(t *testing.T) {
 		require.True(t, plain, itemType)
 	}
 
-	generic, err := readSchemaDoc(schemas.ItemMessage)
-	require.NoError(t, err)
-	own, err := readSchemaDoc("payment-" + schemas.ItemMessage)
-	require.NoError(t, err)
+	generic := readSchema(t, schemas.ItemMessage)
+	own := readSchema(t, "payment-"+schemas.ItemMessage)
 	require.True(t, plainItemSchema(generic, own, "payment"))
 	require.False(t, plainItemSchema(generic, own, "paperless"), "narrowed to another type")
 

@@ -33,6 +33,7 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 	if err != nil {
 		return nil, err
 	}
+	docs := make(map[string]any, len(names))
 	for _, name := range names {
 		raw, err := schemas.Files.ReadFile(name)
 		if err != nil {
@@ -45,6 +46,7 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 		if err := c.AddResource(name, doc); err != nil {
 			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
+		docs[name] = doc
 	}
 	out := &contract{byName: map[string]*jsonschema.Schema{}, byItemType: map[string]string{}, plainItemType: map[string]bool{}}
 	for _, name := range names {
@@ -55,11 +57,9 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 		out.byName[name] = s
 		if itemType, ok := strings.CutSuffix(name, "-"+schemas.ItemMessage); ok {
 			out.byItemType[itemType] = name
-			plain, err := isPlainItemSchema(name, itemType)
-			if err != nil {
-				return nil, err
-			}
-			out.plainItemType[itemType] = plain
+			generic, _ := docs[schemas.ItemMessage].(map[string]any)
+			own, _ := docs[name].(map[string]any)
+			out.plainItemType[itemType] = plainItemSchema(generic, own, itemType)
 		}
 	}
 	return out, nil

@@ -66,19 +66,12 @@ func TestSchemasRejectInvalidMessagesNamingTheField(t *testing.T) {
 // its type's schema meets the generic one and is validated once.
 func TestItemTypeSchemasHoldTheGenericOne(t *testing.T) {
 	t.Parallel()
-	read := func(name string) map[string]any {
-		raw, err := schemas.Files.ReadFile(name)
-		require.NoError(t, err)
-		var doc map[string]any
-		require.NoError(t, json.Unmarshal(raw, &doc))
-		return doc
-	}
-	generic := read(schemas.ItemMessage)
+	generic := readSchema(t, schemas.ItemMessage)
 	names, err := fs.Glob(schemas.Files, "*-"+schemas.ItemMessage)
 	require.NoError(t, err)
 	require.NotEmpty(t, names)
 	for _, name := range names {
-		own := read(name)
+		own := readSchema(t, name)
 		require.Subset(t, own["required"], generic["required"], "%s requires what the generic schema requires", name)
 		require.Equal(t, generic["type"], own["type"], name)
 		ownProps := own["properties"].(map[string]any)
@@ -95,4 +88,14 @@ func TestItemTypeSchemasHoldTheGenericOne(t *testing.T) {
 			require.Equal(t, generic[key], own[key], "%s: %s", name, key)
 		}
 	}
+}
+
+// readSchema reads a schema file as a JSON document.
+func readSchema(t *testing.T, name string) map[string]any {
+	t.Helper()
+	raw, err := schemas.Files.ReadFile(name)
+	require.NoError(t, err)
+	var doc map[string]any
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	return doc
 }
