@@ -143,18 +143,15 @@ func (s *Store) ItemEnrichBatch(ctx context.Context, keys []store.ItemKey) ([]st
 // Keys without a row get store.ErrRelatedMissing; any statement error
 // fails the whole batch.
 func (s *Store) enrichSet(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
-	out := make([]store.EnrichResult, len(keys))
+	out, known := s.enrichable(keys)
 	byType := map[string][]int{}
 	var types []string
-	for i, key := range keys {
-		if _, err := s.source(key.ItemType); err != nil {
-			out[i].Err = fmt.Errorf("enrich %s: %w", key, err)
-			continue
+	for _, i := range known {
+		itemType := keys[i].ItemType
+		if _, seen := byType[itemType]; !seen {
+			types = append(types, itemType)
 		}
-		if _, seen := byType[key.ItemType]; !seen {
-			types = append(types, key.ItemType)
-		}
-		byType[key.ItemType] = append(byType[key.ItemType], i)
+		byType[itemType] = append(byType[itemType], i)
 	}
 	for _, itemType := range types {
 		positions := byType[itemType]
@@ -175,6 +172,21 @@ func (s *Store) enrichSet(ctx context.Context, keys []store.ItemKey) ([]store.En
 		}
 	}
 	return out, nil
+}
+
+// enrichable returns a result per key, with the error set for each key of
+// an unknown item type, and the positions of the others.
+func (s *Store) enrichable(keys []store.ItemKey) ([]store.EnrichResult, []int) {
+	out := make([]store.EnrichResult, len(keys))
+	known := make([]int, 0, len(keys))
+	for i, key := range keys {
+		if _, err := s.source(key.ItemType); err != nil {
+			out[i].Err = fmt.Errorf("enrich %s: %w", key, err)
+			continue
+		}
+		known = append(known, i)
+	}
+	return out, known
 }
 
 // enrichSetOf runs src's set-based enrichment over ids and returns each
@@ -207,17 +219,10 @@ func (s *Store) enrichSetOf(ctx context.Context, src source, ids []int64) ([]map
 // enrichPipelined sends the enrichment queries as one batch; any query
 // error fails it.
 func (s *Store) enrichPipelined(ctx context.Context, keys []store.ItemKey) ([]store.EnrichResult, error) {
-	out := make([]store.EnrichResult, len(keys))
+	out, queued := s.enrichable(keys)
 	batch := &pgx.Batch{}
-	queued := make([]int, 0, len(keys))
-	for i, key := range keys {
-		src, err := s.source(key.ItemType)
-		if err != nil {
-			out[i].Err = fmt.Errorf("enrich %s: %w", key, err)
-			continue
-		}
-		batch.Queue(src.enrich, key.ItemID)
-		queued = append(queued, i)
+	for _, i := range queued {
+		batch.Queue(s.sources[keys[i].ItemType].enrich, keys[i].ItemID)
 	}
 	if len(queued) == 0 {
 		return out, nil
