@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,6 +186,7 @@ type Client struct {
 
 	mu      sync.Mutex
 	billers map[string]*billerState
+	targets sync.Map // targetKey → builtTarget
 }
 
 // New validates cfg, applies defaults and returns a Client.
@@ -235,7 +237,7 @@ type Result struct {
 // or the end of ctx, which bounds the whole call including waits.
 func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 	var res Result
-	target, shown, err := r.target()
+	target, shown, err := c.target(r)
 	if err != nil {
 		return res, permanentError(err)
 	}
@@ -257,7 +259,6 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 	if err != nil {
 		return res, permanentError(err)
 	}
-	log := c.log.With(slog.String("biller", r.BillerID), slog.String("item", r.IdempotencyKey))
 
 	var last *Error
 	refreshed := false
@@ -329,7 +330,7 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 		backoff.WithMaxTries(uint(c.cfg.Retries+1)),
 		backoff.WithMaxElapsedTime(0),
 		backoff.WithNotify(func(err error, wait time.Duration) {
-			log.Debug("cis attempt failed, retrying",
+			c.log.Debug("cis attempt failed, retrying", slog.String("biller", r.BillerID), slog.String("item", r.IdempotencyKey),
 				slog.Int("attempt", res.Attempts), slog.Duration("wait", wait), slog.String("error", last.Error()))
 		}),
 	)
@@ -344,14 +345,20 @@ func (c *Client) Send(ctx context.Context, r Request) (Result, error) {
 	return res, callerGone(ctx, last)
 }
 
-// target builds the request URL; shown is the same URL without user info or
-// query, safe to quote in errors.
-func (r Request) target() (target, shown string, err error) {
+// target returns the request URL, and shown, the same URL without user
+// info or query, safe to quote in errors. Each base URL and path is parsed
+// once: the client keeps what it built per pair (a handful per biller).
+func (c *Client) target(r Request) (target, shown string, err error) {
 	if r.BillerID == "" {
 		return "", "", fmt.Errorf("%w: biller id: required", ErrInvalidRequest)
 	}
 	if r.IdempotencyKey == "" {
 		return "", "", fmt.Errorf("%w: biller %s: idempotency key: required", ErrInvalidRequest, r.BillerID)
+	}
+	key := targetKey{base: r.Endpoint.BaseURL, path: r.Path}
+	if t, ok := c.targets.Load(key); ok {
+		t := t.(builtTarget)
+		return t.target, t.shown, nil
 	}
 	u, err := url.Parse(r.Endpoint.BaseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -363,8 +370,15 @@ func (r Request) target() (target, shown string, err error) {
 	}
 	safe := *u
 	safe.User, safe.RawQuery, safe.ForceQuery = nil, "", false
-	return u.String(), safe.String(), nil
+	t := builtTarget{target: u.String(), shown: safe.String()}
+	c.targets.Store(key, t)
+	return t.target, t.shown, nil
 }
+
+// targetKey and builtTarget are what Client.target keeps per base URL and path.
+type targetKey struct{ base, path string }
+
+type builtTarget struct{ target, shown string }
 
 // authorizer applies one biller's authentication to a request.
 type authorizer struct {
@@ -429,16 +443,18 @@ func (c *Client) attempt(ctx context.Context, r Request, target, shown string, t
 	if err != nil {
 		return 0, nil, permanentError(fmt.Errorf("%w: biller %s: build request for %s", ErrInvalidRequest, r.BillerID, shown))
 	}
-	req.Header = r.Header.Clone()
-	if req.Header == nil {
-		req.Header = http.Header{}
+	// A fresh map sized for the caller's headers and the client's own, which
+	// are set last so that the caller's cannot override them.
+	req.Header = make(http.Header, len(r.Header)+8)
+	for k, v := range r.Header {
+		req.Header[k] = slices.Clone(v)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "datapump")
-	req.Header.Set("Idempotency-Key", r.IdempotencyKey)
-	req.Header.Set(AttemptHeader, strconv.Itoa(n))
-	req.Header.Set("X-Biller-Id", r.BillerID)
+	req.Header["Content-Type"] = []string{"application/json"}
+	req.Header["Accept"] = []string{"application/json"}
+	req.Header["User-Agent"] = []string{"datapump"}
+	req.Header["Idempotency-Key"] = []string{r.IdempotencyKey}
+	req.Header[AttemptHeader] = []string{strconv.Itoa(n)}
+	req.Header["X-Biller-Id"] = []string{r.BillerID}
 
 	var tok *oauth2.Token
 	switch {
@@ -460,10 +476,13 @@ func (c *Client) attempt(ctx context.Context, r Request, target, shown string, t
 		return 0, tok, transportError(ctx, err, shown, timeout)
 	}
 	defer func() { _ = resp.Body.Close() }()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxDrain))
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// Read to the end (bounded) so the connection is reused; the body
+		// of a 2xx answer is not interpreted.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
 		return resp.StatusCode, tok, nil
 	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxDrain))
 	e := &Error{
 		StatusCode: resp.StatusCode,
 		Permanent:  !transientStatus(resp.StatusCode),

@@ -160,6 +160,28 @@ func TestSendDeliversWithHeaders(t *testing.T) {
 	require.JSONEq(t, `{"billerId":"b1","amountCents":100}`, string(recs[0].Body))
 }
 
+// TestEndpointChangeTakesEffect: the client keeps the URL it built per base
+// URL and path, so a biller whose endpoint changes in the catalog is sent
+// to the new one at once, and the old one stays right for other billers.
+func TestEndpointChangeTakesEffect(t *testing.T) {
+	t.Parallel()
+	m1, srv1 := startMock(t, mockcis.Faults{})
+	m2, srv2 := startMock(t, mockcis.Faults{})
+	c, _ := newClient(t, nil)
+	for i, base := range []string{srv1.URL, srv1.URL + "/v2", srv2.URL, srv1.URL} {
+		_, err := c.Send(t.Context(), request(base, fmt.Sprintf("shard1:payment:%d", i)))
+		require.NoError(t, err)
+	}
+	var paths1 []string
+	for _, r := range m1.Requests() {
+		paths1 = append(paths1, r.IdempotencyKey+" "+r.Path)
+	}
+	require.Equal(t, []string{"shard1:payment:0 /payments", "shard1:payment:1 /v2/payments", "shard1:payment:3 /payments"}, paths1)
+	recs2 := m2.Requests()
+	require.Len(t, recs2, 1)
+	require.Equal(t, "shard1:payment:2", recs2[0].IdempotencyKey)
+}
+
 func TestAPIKeySentInDefaultHeader(t *testing.T) {
 	t.Parallel()
 	m, srv := startMock(t, mockcis.Faults{RequireAPIKey: "k-123"})
