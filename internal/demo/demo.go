@@ -266,7 +266,7 @@ func Config(dir string, shards int) config.Config {
 	// race detector) can take seconds: the lag must cover that wait.
 	cfg.Publisher.WatermarkLag = 30 * time.Second
 	cfg.BillerConsumer.Concurrency = 16
-	cfg.BillerConsumer.Batch = 250
+	cfg.BillerConsumer.Batch = 500
 	cfg.BillerConsumer.MaxItemsPerMessage = 500
 	cfg.ItemConsumer.Concurrency = 64
 	cfg.ItemConsumer.Lease = 30 * time.Second
