@@ -97,3 +97,20 @@ type planNode struct {
 	Index    string     `json:"Index Name"`
 	Plans    []planNode `json:"Plans"`
 }
+
+// TestControlKeyLeadsWithItemID: the control record's primary key is
+// (item_id, item_type) after the migrations, so the pump's many probes by
+// key compare a bigint first (migration 00006).
+func TestControlKeyLeadsWithItemID(t *testing.T) {
+	testDSN(t)
+	t.Parallel()
+	s := openFresh(t, storetest.Sources())
+	var cols []string
+	require.NoError(t, s.pool.QueryRow(context.Background(), `
+		SELECT array_agg(a.attname ORDER BY k.n)
+		FROM pg_index i
+		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		WHERE i.indexrelid = 'datapump_control_pkey'::regclass AND i.indisprimary`).Scan(&cols))
+	require.Equal(t, []string{"item_id", "item_type"}, cols)
+}
