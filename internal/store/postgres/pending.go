@@ -289,7 +289,7 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 				fetched_at = now(), updated_at = now()
 			FROM locked JOIN cand ON cand.item_type = locked.item_type AND cand.item_id = locked.item_id
 			WHERE c.item_type = locked.item_type AND c.item_id = locked.item_id
-			RETURNING c.item_type, c.item_id, c.biller_id, c.version, c.attempts, c.source_created_at
+			RETURNING c.item_type, c.item_id, c.biller_id, c.version, c.attempts, c.source_created_at, cand.created_at AS cand_created_at
 		), ins AS (
 			INSERT INTO datapump_control (item_type, item_id, biller_id, status, version, attempts, owner, origin,
 				source_created_at, created_at, updated_at, fetched_at)
@@ -299,16 +299,13 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			WHERE NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id OFFSET 0)
 			ORDER BY cand.created_at, cand.item_type, cand.item_id
 			ON CONFLICT (item_type, item_id) DO NOTHING
-			RETURNING item_type, item_id, biller_id, version, attempts, source_created_at
+			RETURNING item_type, item_id, biller_id, version, attempts, source_created_at, source_created_at AS cand_created_at
 		), claimed AS (
 			SELECT * FROM upd UNION ALL SELECT * FROM ins
 		)
 		SELECT n.candidates, r.item_type, r.item_id, r.biller_id, r.version, r.attempts, r.source_created_at
 		FROM (SELECT count(*) AS candidates FROM cand) n
-		LEFT JOIN (
-			SELECT claimed.*, cand.created_at AS cand_created_at
-			FROM claimed JOIN cand ON cand.item_type = claimed.item_type AND cand.item_id = claimed.item_id
-		) r ON true
+		LEFT JOIN claimed r ON true
 		ORDER BY r.cand_created_at, r.item_type, r.item_id`
 	return q, args
 }

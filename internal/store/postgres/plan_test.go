@@ -3,12 +3,15 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/datapump/datapump/internal/items"
 	"github.com/datapump/datapump/internal/store"
 	"github.com/datapump/datapump/internal/store/storetest"
 )
@@ -113,4 +116,70 @@ func TestControlKeyLeadsWithItemID(t *testing.T) {
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 		WHERE i.indexrelid = 'datapump_control_pkey'::regclass AND i.indisprimary`).Scan(&cols))
 	require.Equal(t, []string{"item_id", "item_type"}, cols)
+}
+
+// TestClaimPendingReadsItsResultsOnce: a claim returns what it updated and
+// inserted in created-at order without joining them back to its candidates.
+// With no statistics, the planner estimated one candidate and joined the
+// two by nested loop, reading every claimed record once per candidate: a
+// claim of 500 items compared 250,000 pairs (65 % of its CPU). Each node
+// over the claim's own results must run once.
+func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
+	testDSN(t)
+	t.Parallel()
+	ctx := context.Background()
+	s := openFresh(t, storetest.Sources())
+	created := time.Now().Add(-time.Minute).UTC()
+	demo := make([]store.DemoItem, 400)
+	for i := range demo {
+		typ := items.Payment
+		if i%3 == 2 {
+			typ = items.Paperless
+		}
+		demo[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "a@example.com", CreatedAt: created.Add(time.Duration(i) * time.Microsecond)}
+	}
+	require.NoError(t, s.DemoSchemaCreate(ctx))
+	_, err := s.DemoItemsInsert(ctx, demo)
+	require.NoError(t, err)
+
+	q, args := s.claimPendingQuery(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
+	tx, err := s.pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	// The generic plan, as a prepared statement ends up with: it knows
+	// neither the biller nor the limit.
+	_, err = tx.Exec(ctx, "SET LOCAL plan_cache_mode = force_generic_plan")
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "PREPARE claim_pending AS "+q, pgx.QueryExecModeSimpleProtocol)
+	require.NoError(t, err)
+	params := make([]string, len(args))
+	for i := range params {
+		params[i] = fmt.Sprintf("$%d", i+1)
+	}
+	var js string
+	require.NoError(t, tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_pending("+strings.Join(params, ", ")+")",
+		append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...).Scan(&js))
+	var doc []struct{ Plan analyzedNode }
+	require.NoError(t, json.Unmarshal([]byte(js), &doc))
+	var reads int
+	var walk func(n analyzedNode)
+	walk = func(n analyzedNode) {
+		if n.CTE == "ins" || n.CTE == "upd" || n.CTE == "claimed" {
+			reads++
+			require.Equal(t, 1, n.Loops, "the claim reads CTE %s %d times", n.CTE, n.Loops)
+		}
+		for _, c := range n.Plans {
+			walk(c)
+		}
+	}
+	walk(doc[0].Plan)
+	require.Positive(t, reads, "the plan reads the claim's results")
+	require.Equal(t, 300, doc[0].Plan.Rows, "the claim returns its 300 items")
+}
+
+type analyzedNode struct {
+	CTE   string         `json:"CTE Name"`
+	Loops int            `json:"Actual Loops"`
+	Rows  int            `json:"Actual Rows"`
+	Plans []analyzedNode `json:"Plans"`
 }
