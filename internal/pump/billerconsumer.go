@@ -82,7 +82,7 @@ func NewBillerConsumer(deps *Deps, cfg BillerConsumerConfig) (*BillerConsumer, e
 	if cfg.Owner == "" || cfg.Batch <= 0 || cfg.MaxItemsPerMessage < cfg.Batch || cfg.TimeBudget <= 0 {
 		return nil, fmt.Errorf("pump: invalid biller consumer config %+v", cfg)
 	}
-	return &BillerConsumer{deps: deps, cfg: cfg, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now)}, nil
+	return &BillerConsumer{deps: deps, cfg: cfg, billers: deps.billerCache(cfg.CatalogTTL)}, nil
 }
 
 // Handle processes one biller message and settles it.

@@ -132,7 +132,7 @@ func NewItemConsumer(deps *Deps, typ items.Type, cfg ItemConsumerConfig) (*ItemC
 	for name, st := range deps.Shards {
 		batches[name] = newShardBatches(st, cfg.Batch)
 	}
-	return &ItemConsumer{deps: deps, cfg: cfg, typ: typ, billers: newBillerCache(deps.Catalog, cfg.CatalogTTL, deps.Now), batches: batches}, nil
+	return &ItemConsumer{deps: deps, cfg: cfg, typ: typ, billers: deps.billerCache(cfg.CatalogTTL), batches: batches}, nil
 }
 
 // Topic is the topic this consumer subscribes to.

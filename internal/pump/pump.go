@@ -23,6 +23,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/datapump/datapump/internal/bus"
 	"github.com/datapump/datapump/internal/catalog"
@@ -70,6 +71,27 @@ type Deps struct {
 	// Tracer, when set, traces each item across the three jobs; the W3C
 	// traceparent travels in message properties.
 	Tracer trace.Tracer
+
+	// billers are the jobs' biller caches, one per trust period, so that
+	// the biller consumer and every item consumer made with these Deps read
+	// each biller once per period between them.
+	billersMu sync.Mutex
+	billers   map[time.Duration]*billerCache
+}
+
+// billerCache returns the Deps' cache of billers read at most once per ttl.
+func (d *Deps) billerCache(ttl time.Duration) *billerCache {
+	d.billersMu.Lock()
+	defer d.billersMu.Unlock()
+	if c, ok := d.billers[ttl]; ok {
+		return c
+	}
+	if d.billers == nil {
+		d.billers = map[time.Duration]*billerCache{}
+	}
+	c := newBillerCache(d.Catalog, ttl, d.Now)
+	d.billers[ttl] = c
+	return c
 }
 
 // Events receives what the jobs do, for metrics and progress.
@@ -175,10 +197,12 @@ func (noEvents) PublisherRound(bool, error)            {}
 
 // billerCache reads billers through the catalog at most once per ttl, so
 // every replica honours a toggle change within ttl (one publisher interval).
+// Callers that miss the same biller at once share one read.
 type billerCache struct {
-	cat catalog.Catalog
-	ttl time.Duration
-	now func() time.Time
+	cat   catalog.Catalog
+	ttl   time.Duration
+	now   func() time.Time
+	reads singleflight.Group
 
 	mu      sync.Mutex
 	entries map[string]cachedBiller
@@ -202,14 +226,17 @@ func (c *billerCache) get(ctx context.Context, id string) (catalog.Biller, error
 	if ok && now.Sub(e.fetched) < c.ttl {
 		return e.b, e.err
 	}
-	b, err := c.cat.BillerGet(ctx, id)
-	if err != nil && !errors.Is(err, catalog.ErrBillerNotFound) {
-		return b, err // transient: not cached
-	}
-	c.mu.Lock()
-	c.entries[id] = cachedBiller{b: b, err: err, fetched: now}
-	c.mu.Unlock()
-	return b, err
+	v, err, _ := c.reads.Do(id, func() (any, error) {
+		b, err := c.cat.BillerGet(ctx, id)
+		if err != nil && !errors.Is(err, catalog.ErrBillerNotFound) {
+			return b, err // transient: not cached
+		}
+		c.mu.Lock()
+		c.entries[id] = cachedBiller{b: b, err: err, fetched: now}
+		c.mu.Unlock()
+		return b, err
+	})
+	return v.(catalog.Biller), err
 }
 
 // billerFor reads the message's biller. When it cannot, it settles the
