@@ -28,7 +28,10 @@
 //     or "Datapump-" are reserved, and values may not contain CR or LF or
 //     start or end with a space or tab (NATS would alter them).
 //   - Publish sends asynchronously (PublishMsgAsync) in chunks and waits for
-//     every acknowledgement, so a batch costs about one round trip.
+//     every acknowledgement, so a batch costs about one round trip. When the
+//     connection already has its cap of unacknowledged publishes (shared by
+//     every caller), a publish waits for a slot, up to 30 s or its context,
+//     instead of failing.
 //   - Receive pulls with back-to-back Fetch requests of Prefetch messages
 //     (30s server-side wait, 5s idle heartbeats) into a pool of Concurrency
 //     handlers. It does not use the client's Messages/Consume iterators:

@@ -130,7 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
 	b.nc = nc
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*publishChunk))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
 	if err != nil {
 		b.endLife()
 		nc.Close()

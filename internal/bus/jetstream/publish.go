@@ -2,7 +2,9 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,7 +42,7 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...bus.Message) (b
 		chunk := out[start:min(start+publishChunk, len(out))]
 		futures = futures[:0]
 		for i, nm := range chunk {
-			f, err := b.js.PublishMsgAsync(nm)
+			f, err := b.publishAsync(ctx, nm)
 			if err != nil {
 				// Wait for what is already in flight so the counts are true.
 				b.await(ctx, futures, &res)
@@ -53,6 +55,38 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...bus.Message) (b
 		}
 	}
 	return res, nil
+}
+
+// Backpressure on asynchronous publishes. The connection allows
+// maxPending unacknowledged publishes across all its callers; a caller at
+// the cap waits for a slot (stallWait at a time) for as long as its ctx and
+// maxStall allow, so a broker that acknowledges slowly slows the biller
+// consumers down instead of failing their batches. (The client's own wait
+// is 200 ms, after which it fails the publish: sixteen biller consumers
+// publishing 500 items each on a loaded machine hit it, and their items
+// waited for the rescuer.)
+const (
+	maxPending = 4 * publishChunk
+	stallWait  = 500 * time.Millisecond
+	maxStall   = 30 * time.Second
+)
+
+// publishAsync publishes nm without waiting for its acknowledgement,
+// waiting first while the connection has maxPending publishes in flight.
+func (b *Bus) publishAsync(ctx context.Context, nm *nats.Msg) (jetstream.PubAckFuture, error) {
+	give := time.Now().Add(maxStall)
+	for {
+		f, err := b.js.PublishMsgAsync(nm, jetstream.WithStallWait(stallWait))
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			return f, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
+		}
+		if time.Now().After(give) {
+			return nil, fmt.Errorf("%w for %s", err, maxStall)
+		}
+	}
 }
 
 // await waits for the futures in order and counts their acks. It returns
