@@ -93,11 +93,15 @@ func TestQueryPlansKeepOffTheHistory(t *testing.T) {
 	require.Equal(t, []store.StatusCount{{BillerID: "b1", Status: store.StatusQueued, Count: 1}, {BillerID: "b2", Status: store.StatusProcessing, Count: 1}}, got)
 }
 
-// planNode is one node of EXPLAIN (FORMAT JSON).
+// planNode is one node of EXPLAIN (FORMAT JSON); Loops and Rows are set
+// by EXPLAIN (ANALYZE).
 type planNode struct {
 	Type     string     `json:"Node Type"`
 	Relation string     `json:"Relation Name"`
 	Index    string     `json:"Index Name"`
+	CTE      string     `json:"CTE Name"`
+	Loops    int        `json:"Actual Loops"`
+	Rows     int        `json:"Actual Rows"`
 	Plans    []planNode `json:"Plans"`
 }
 
@@ -159,11 +163,11 @@ func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 	var js string
 	require.NoError(t, tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_pending("+strings.Join(params, ", ")+")",
 		append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...).Scan(&js))
-	var doc []struct{ Plan analyzedNode }
+	var doc []struct{ Plan planNode }
 	require.NoError(t, json.Unmarshal([]byte(js), &doc))
 	var reads int
-	var walk func(n analyzedNode)
-	walk = func(n analyzedNode) {
+	var walk func(n planNode)
+	walk = func(n planNode) {
 		if n.CTE == "ins" || n.CTE == "upd" || n.CTE == "claimed" {
 			reads++
 			require.Equal(t, 1, n.Loops, "the claim reads CTE %s %d times", n.CTE, n.Loops)
@@ -175,11 +179,4 @@ func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 	walk(doc[0].Plan)
 	require.Positive(t, reads, "the plan reads the claim's results")
 	require.Equal(t, 300, doc[0].Plan.Rows, "the claim returns its 300 items")
-}
-
-type analyzedNode struct {
-	CTE   string         `json:"CTE Name"`
-	Loops int            `json:"Actual Loops"`
-	Rows  int            `json:"Actual Rows"`
-	Plans []analyzedNode `json:"Plans"`
 }
