@@ -26,6 +26,13 @@ func TestRunPumpEmbeddedDeliversEveryItemOnce(t *testing.T) {
 	require.Equal(t, bench.BackendEmbedded, res.Backend)
 	require.Positive(t, res.ItemsPerS)
 	require.Positive(t, res.InsertToCIS.P99ms)
+	// A backlog run says when its last item was Queued and how fast the
+	// item consumers went after that; that item was delivered after it.
+	require.NotNil(t, res.Front)
+	require.Positive(t, res.Front.AllQueuedS)
+	require.Less(t, res.Front.AllQueuedS, res.ElapsedS)
+	require.Less(t, res.Front.DeliveredBefore, 150)
+	require.Positive(t, res.Front.AfterItemsPerS)
 }
 
 // TestRunPumpWithIntervalCISLatencyAndInsertRate: the settings a latency
@@ -49,6 +56,7 @@ func TestRunPumpWithIntervalCISLatencyAndInsertRate(t *testing.T) {
 	require.Equal(t, 30.0, res.CISLatencyMs)
 	require.Equal(t, 200, res.InsertRate)
 	require.GreaterOrEqual(t, res.QueuedToProcessed.P50ms, 30.0, "an item is Processed once the CIS has answered, after its delay")
+	require.Nil(t, res.Front, "a run that writes its items as it goes has no backlog to split")
 }
 
 func postgresOptions(t *testing.T) bench.Options {

@@ -134,6 +134,8 @@ type Throughput struct {
 	// ElapsedS is from the jobs' start to the last delivery.
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
+	// start is when the jobs started.
+	start time.Time
 }
 
 // PumpResult is what one pump run measured.
@@ -162,6 +164,9 @@ type PumpResult struct {
 	CreatedToQueued Latency `json:"created_to_queued"`
 	// QueuedToProcessed is from queued_at to processed_at.
 	QueuedToProcessed Latency `json:"queued_to_processed"`
+	// Front is how the run split between the front of the pipeline and
+	// the item consumers on their own (a backlog run only).
+	Front *Front `json:"front,omitempty"`
 }
 
 type seeded struct {
@@ -193,8 +198,10 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		return res, fmt.Errorf("pump: %w", err)
 	}
 	var e2e, small []time.Duration
+	var queuedAt, acceptedAt []time.Time
 	for _, it := range r.items {
 		if at, ok := r.mock.AcceptedAt(pump.ItemMessageID(it.shard, it.key.ItemType, it.key.ItemID)); ok {
+			acceptedAt = append(acceptedAt, at)
 			e2e = append(e2e, at.Sub(it.createdAt))
 			if it.billerID != r.bigID {
 				small = append(small, at.Sub(it.createdAt))
@@ -215,10 +222,53 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 			if !c.QueuedAt.IsZero() && !c.ProcessedAt.IsZero() {
 				processed = append(processed, c.ProcessedAt.Sub(c.QueuedAt))
 			}
+			if !c.QueuedAt.IsZero() {
+				queuedAt = append(queuedAt, c.QueuedAt)
+			}
 		}
 	}
 	res.CreatedToQueued, res.QueuedToProcessed = summarize(queued), summarize(processed)
+	if opts.InsertRate == 0 {
+		res.Front = splitAtFront(res.start, res.ElapsedS, queuedAt, acceptedAt)
+	}
 	return res, nil
+}
+
+// Front splits a backlog run at the moment its last item was Queued.
+// Until then the publisher and the biller consumer were still claiming
+// and publishing, sharing the machine with the item consumers; after it
+// only the item consumers had work.
+type Front struct {
+	// AllQueuedS is from the jobs' start to the last queued_at.
+	AllQueuedS float64 `json:"all_queued_s"`
+	// DeliveredBefore counts the items the CIS accepted by then.
+	DeliveredBefore int `json:"delivered_before"`
+	// AfterItemsPerS is the CIS's rate from then to the last delivery.
+	AfterItemsPerS float64 `json:"after_items_per_s"`
+}
+
+// splitAtFront computes Front from the jobs' start, the run's elapsed
+// seconds, the control records' queued_at and the CIS's acceptance times
+// (all read off this machine's clock: queued_at is the database's, which
+// runs here). It returns nil when no record was Queued or the last one
+// was Queued after the last delivery.
+func splitAtFront(start time.Time, elapsedS float64, queuedAt, acceptedAt []time.Time) *Front {
+	if len(queuedAt) == 0 {
+		return nil
+	}
+	last := slices.MaxFunc(queuedAt, time.Time.Compare)
+	end := start.Add(time.Duration(elapsedS * float64(time.Second)))
+	if !last.Before(end) {
+		return nil
+	}
+	f := &Front{AllQueuedS: last.Sub(start).Seconds()}
+	for _, at := range acceptedAt {
+		if !at.After(last) {
+			f.DeliveredBefore++
+		}
+	}
+	f.AfterItemsPerS = float64(len(acceptedAt)-f.DeliveredBefore) / end.Sub(last).Seconds()
+	return f
 }
 
 // pumpRun is one measured run's world: a mock CIS, a scratch directory,
@@ -349,6 +399,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 	return Throughput{
 		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates, Resends: stats.Resends,
 		ElapsedS: elapsed.Seconds(), ItemsPerS: float64(stats.UniqueAccepted) / elapsed.Seconds(),
+		start: start,
 	}, nil
 }
 

@@ -191,6 +191,10 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates, %d of them resends within one CIS call)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates, r.Resends)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	if f := r.Front; f != nil {
+		fmt.Fprintf(tw, "  last item Queued\tafter %.2f s, %d delivered by then\n", f.AllQueuedS, f.DeliveredBefore)
+		fmt.Fprintf(tw, "  item consumers alone\t%.0f items/s from then on\n", f.AfterItemsPerS)
+	}
 	fmt.Fprintf(tw, "  latency\tp50\tp95\tp99\n")
 	if r.BigBillerItems > 0 {
 		l := r.SmallBillersInsertToCIS
