@@ -49,6 +49,7 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 		docs[name] = doc
 	}
 	out := &contract{byName: map[string]*jsonschema.Schema{}, byItemType: map[string]string{}, plainItemType: map[string]bool{}}
+	generic, _ := docs[schemas.ItemMessage].(map[string]any)
 	for _, name := range names {
 		s, err := c.Compile(name)
 		if err != nil {
@@ -57,7 +58,6 @@ var loadContract = sync.OnceValues(func() (*contract, error) {
 		out.byName[name] = s
 		if itemType, ok := strings.CutSuffix(name, "-"+schemas.ItemMessage); ok {
 			out.byItemType[itemType] = name
-			generic, _ := docs[schemas.ItemMessage].(map[string]any)
 			own, _ := docs[name].(map[string]any)
 			out.plainItemType[itemType] = plainItemSchema(generic, own, itemType)
 		}
