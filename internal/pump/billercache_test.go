@@ -20,9 +20,13 @@ type countingCatalog struct {
 	release chan struct{}
 }
 
-func (c *countingCatalog) BillerGet(_ context.Context, id string) (catalog.Biller, error) {
+func (c *countingCatalog) BillerGet(ctx context.Context, id string) (catalog.Biller, error) {
 	c.reads.Add(1)
-	<-c.release
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+		return catalog.Biller{}, ctx.Err()
+	}
 	if id == "missing" {
 		return catalog.Biller{}, catalog.ErrBillerNotFound
 	}
@@ -87,4 +91,51 @@ func TestBillerCacheIsSharedAndReadsOncePerMiss(t *testing.T) {
 	_, err = c.get(context.Background(), "missing")
 	require.ErrorIs(t, err, catalog.ErrBillerNotFound)
 	require.Equal(t, int64(3), cat.reads.Load(), "an unknown biller is remembered for the period too")
+}
+
+// TestBillerCacheReadOutlivesTheHandlerThatStartedIt: the handler whose
+// miss started a shared read gives up when its context ends, at once and
+// with its own error, and the handlers waiting on the same read still get
+// the biller from it (one read, no cancellation passed on).
+func TestBillerCacheReadOutlivesTheHandlerThatStartedIt(t *testing.T) {
+	t.Parallel()
+	cat := &countingCatalog{release: make(chan struct{})}
+	c := newBillerCache(cat, time.Minute, time.Now)
+
+	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leader := make(chan error, 1)
+	go func() {
+		_, err := c.get(leaderCtx, "b1")
+		leader <- err
+	}()
+	require.Eventually(t, func() bool { return cat.reads.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	type result struct {
+		b   catalog.Biller
+		err error
+	}
+	waiter := make(chan result, 1)
+	go func() {
+		b, err := c.get(context.Background(), "b1")
+		waiter <- result{b, err}
+	}()
+	time.Sleep(20 * time.Millisecond) // the waiter joins the read in flight
+
+	cancelLeader()
+	select {
+	case err := <-leader:
+		require.ErrorIs(t, err, context.Canceled, "the leader stops waiting with its own error")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader kept waiting on the read after its context ended")
+	}
+
+	close(cat.release)
+	r := <-waiter
+	require.NoError(t, r.err, "the waiter gets the read, not the leader's cancellation")
+	require.Equal(t, "b1", r.b.ID)
+	require.Equal(t, int64(1), cat.reads.Load(), "one read served both")
+	b, err := c.get(context.Background(), "b1")
+	require.NoError(t, err)
+	require.Equal(t, "b1", b.ID, "and the read was cached")
+	require.Equal(t, int64(1), cat.reads.Load())
 }

@@ -198,6 +198,10 @@ func (noEvents) PublisherRound(bool, error)            {}
 // billerCache reads billers through the catalog at most once per ttl, so
 // every replica honours a toggle change within ttl (one publisher interval).
 // Callers that miss the same biller at once share one read.
+// billerReadTimeout bounds one shared catalog read of a biller; a handler
+// waiting on it gives up sooner if its own context ends.
+const billerReadTimeout = 10 * time.Second
+
 type billerCache struct {
 	cat   catalog.Catalog
 	ttl   time.Duration
@@ -226,8 +230,14 @@ func (c *billerCache) get(ctx context.Context, id string) (catalog.Biller, error
 	if ok && now.Sub(e.fetched) < c.ttl {
 		return e.b, e.err
 	}
-	v, err, _ := c.reads.Do(id, func() (any, error) {
-		b, err := c.cat.BillerGet(ctx, id)
+	// The read is shared, so it runs on a context of its own: a handler
+	// that gives up (its message's context ended, a shutdown) leaves the
+	// read to the others waiting on it instead of failing them with its
+	// cancellation, and stops waiting at once.
+	shared := c.reads.DoChan(id, func() (any, error) {
+		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), billerReadTimeout)
+		defer cancel()
+		b, err := c.cat.BillerGet(readCtx, id)
 		if err != nil && !errors.Is(err, catalog.ErrBillerNotFound) {
 			return b, err // transient: not cached
 		}
@@ -236,7 +246,12 @@ func (c *billerCache) get(ctx context.Context, id string) (catalog.Biller, error
 		c.mu.Unlock()
 		return b, err
 	})
-	return v.(catalog.Biller), err
+	select {
+	case r := <-shared:
+		return r.Val.(catalog.Biller), r.Err
+	case <-ctx.Done():
+		return catalog.Biller{}, ctx.Err()
+	}
 }
 
 // billerFor reads the message's biller. When it cannot, it settles the
