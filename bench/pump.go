@@ -286,7 +286,9 @@ type pumpRun struct {
 	bigID   string
 	items   []seeded
 	// total is how many items the CIS must accept.
-	total   int
+	total int
+	// keepDir leaves dir (its processes' logs) in place on Close.
+	keepDir bool
 	closers []func()
 }
 
@@ -310,7 +312,11 @@ func openPumpRun(ctx context.Context, opts Options) (_ *pumpRun, err error) {
 	if r.dir, err = os.MkdirTemp("", "datapump-bench-"); err != nil {
 		return nil, fmt.Errorf("bench dir: %w", err)
 	}
-	r.closers = append(r.closers, func() { os.RemoveAll(r.dir) })
+	r.closers = append(r.closers, func() {
+		if !r.keepDir {
+			os.RemoveAll(r.dir)
+		}
+	})
 	r.cfg = pumpConfig(r.dir, opts)
 	if opts.Backend == BackendPostgres {
 		env, err := newPostgresEnv(ctx, opts.PostgresDSN, opts.NATSURL)

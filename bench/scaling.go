@@ -32,6 +32,10 @@ type ScalingPoint struct {
 	Throughput
 	// SpeedUp is ItemsPerS over the base run's (ScalingResult.BaseProcesses).
 	SpeedUp float64 `json:"speedup"`
+	// LogsKept is the directory holding the item consumer processes' logs
+	// and configuration, kept when the CIS saw a duplicate (otherwise
+	// removed with the run).
+	LogsKept string `json:"logs_kept,omitempty"`
 }
 
 // ScalingResult is what RunScaling measured.
@@ -146,6 +150,10 @@ func scalingPoint(ctx context.Context, opts Options, processes int) (ScalingPoin
 	// A duplicate sent while the processes drained counts too.
 	stats := r.mock.Stats()
 	point.Duplicates, point.Resends = stats.Duplicates, stats.Resends
+	if point.Duplicates > 0 {
+		r.keepDir = true
+		point.LogsKept = r.dir
+	}
 	return point, nil
 }
 

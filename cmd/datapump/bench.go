@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -361,15 +362,26 @@ func runScaling(cmd *cobra.Command, w io.Writer, opts bench.Options, processes [
 	if err := printJSON(w, res); err != nil {
 		return err
 	}
+	return scalingDuplicates(res)
+}
+
+// scalingDuplicates fails a scaling run in which the CIS saw a duplicate,
+// saying where the logs of the points that had one were kept.
+func scalingDuplicates(res bench.ScalingResult) error {
 	duplicates, resends := 0, 0
+	var kept []string
 	for _, p := range res.Points {
 		duplicates += p.Duplicates
 		resends += p.Resends
+		if p.LogsKept != "" {
+			kept = append(kept, p.LogsKept)
+		}
 	}
-	if duplicates > 0 {
-		return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", duplicates, resends)
+	if duplicates == 0 {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call); the item consumer processes' logs are kept in %s",
+		duplicates, resends, strings.Join(kept, ", "))
 }
 
 func printScalingResult(w io.Writer, r bench.ScalingResult) {

@@ -22,3 +22,21 @@ func TestPrintPumpResultSaysWhereTheFrontEnded(t *testing.T) {
 	require.Regexp(t, `last item Queued +after 3\.62 s, 6046 delivered by then`, out.String())
 	require.Regexp(t, `item consumers alone +12203 items/s from then on`, out.String())
 }
+
+// TestScalingDuplicatesNameTheKeptLogs: a scaling run without duplicates
+// passes; one with them fails, counting them and naming where the logs of
+// the points that had them were kept.
+func TestScalingDuplicatesNameTheKeptLogs(t *testing.T) {
+	t.Parallel()
+	res := bench.ScalingResult{Points: []bench.ScalingPoint{
+		{Processes: 1, Throughput: bench.Throughput{Delivered: 100}},
+		{Processes: 2, Throughput: bench.Throughput{Delivered: 100}},
+	}}
+	require.NoError(t, scalingDuplicates(res))
+
+	res.Points[1].Duplicates, res.Points[1].Resends, res.Points[1].LogsKept = 5, 3, "/tmp/datapump-bench-1"
+	res.Points = append(res.Points, bench.ScalingPoint{Processes: 4, Throughput: bench.Throughput{Duplicates: 2}, LogsKept: "/tmp/datapump-bench-2"})
+	err := scalingDuplicates(res)
+	require.EqualError(t, err, "bench: the CIS saw 7 duplicates (3 of them resends within one CIS call); "+
+		"the item consumer processes' logs are kept in /tmp/datapump-bench-1, /tmp/datapump-bench-2")
+}
