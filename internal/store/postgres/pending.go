@@ -230,6 +230,12 @@ const claimRounds = 5
 // and inserts Fetched records for the rest (ON CONFLICT DO NOTHING, in
 // candidate order, so concurrent claimers wait on each other in one order
 // and cannot deadlock). An item a concurrent claimer took is simply left out.
+// The candidate scan reads each candidate's control record once and
+// carries whether there is one (a New record: the others are not
+// candidates); the statement's one snapshot shows the lock and the insert
+// the same records, so only candidates with a record are looked up to be
+// locked and only the others are inserted, rather than each candidate
+// probing the key three times.
 func (s *Store) ControlClaimPending(ctx context.Context, p store.ControlClaimPendingParams) ([]store.Claimed, error) {
 	if p.Limit <= 0 || len(s.order) == 0 {
 		return nil, nil
@@ -260,17 +266,16 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			filter = src.typeFilter("s", len(args))
 		}
 		parts = append(parts, fmt.Sprintf(`(
-			SELECT $%d::text AS item_type, s.%s::bigint AS item_id, s.%s::text AS biller_id, s.%s::timestamptz AS created_at
-			FROM %s s
-			WHERE s.%s = $1 AND s.%s >= greatest($2::timestamptz, $5::timestamptz,
-				(SELECT w.low_created_at FROM datapump_watermark w WHERE w.biller_id = $1 AND w.item_type = $%d AND w.cutover_at <= $2))%s
-			  AND %s
-			ORDER BY s.%s, s.%s
+			SELECT $%[1]d::text AS item_type, s.%[2]s::bigint AS item_id, s.%[3]s::text AS biller_id, s.%[4]s::timestamptz AS created_at,
+				r.status IS NOT NULL AS has_record
+			FROM %[5]s s
+			LEFT JOIN LATERAL (SELECT c.status FROM datapump_control c WHERE c.item_type = $%[1]d AND c.item_id = s.%[2]s OFFSET 0) r ON true
+			WHERE s.%[3]s = $1 AND s.%[4]s >= greatest($2::timestamptz, $5::timestamptz,
+				(SELECT w.low_created_at FROM datapump_watermark w WHERE w.biller_id = $1 AND w.item_type = $%[1]d AND w.cutover_at <= $2))%[6]s
+			  AND (r.status IS NULL OR r.status = 'New')
+			ORDER BY s.%[4]s, s.%[2]s
 			LIMIT $3)`,
-			typeParam, src.key, src.biller, src.createdAt,
-			src.table,
-			src.biller, src.createdAt, typeParam, filter, pendingCondition(src, "s", typeParam),
-			src.createdAt, src.key))
+			typeParam, src.key, src.biller, src.createdAt, src.table, filter))
 	}
 	q := `
 		WITH cand AS (
@@ -279,7 +284,7 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			LIMIT $3
 		), locked AS (
 			SELECT c.item_type, c.item_id
-			FROM (SELECT * FROM cand ORDER BY item_type, item_id) k
+			FROM (SELECT * FROM cand WHERE has_record ORDER BY item_type, item_id) k
 			CROSS JOIN LATERAL (` + lockByKey("FOR UPDATE SKIP LOCKED") + `) c
 			WHERE c.status = 'New'
 		), upd AS (
@@ -296,7 +301,7 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			SELECT cand.item_type, cand.item_id, cand.biller_id, 'Fetched', 1, 0, $4, 'poll',
 				cand.created_at, now(), now(), now()
 			FROM cand
-			WHERE NOT EXISTS (SELECT 1 FROM datapump_control c WHERE c.item_type = cand.item_type AND c.item_id = cand.item_id OFFSET 0)
+			WHERE NOT cand.has_record
 			ORDER BY cand.created_at, cand.item_type, cand.item_id
 			ON CONFLICT (item_type, item_id) DO NOTHING
 			RETURNING item_type, item_id, biller_id, version, attempts, source_created_at, source_created_at AS cand_created_at

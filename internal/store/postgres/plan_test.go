@@ -146,12 +146,33 @@ func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 	_, err := s.DemoItemsInsert(ctx, demo)
 	require.NoError(t, err)
 
-	q, args := s.claimPendingQuery(store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
+	plan := explainClaim(t, s, store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
+	var reads int
+	var walk func(n planNode)
+	walk = func(n planNode) {
+		if n.CTE == "ins" || n.CTE == "upd" || n.CTE == "claimed" {
+			reads++
+			require.Equal(t, 1, n.Loops, "the claim reads CTE %s %d times", n.CTE, n.Loops)
+		}
+		for _, c := range n.Plans {
+			walk(c)
+		}
+	}
+	walk(plan)
+	require.Positive(t, reads, "the plan reads the claim's results")
+	require.Equal(t, 300, plan.Rows, "the claim returns its 300 items")
+}
+
+// explainClaim runs a claim's generic plan (as a prepared statement ends
+// up with: it knows neither the biller nor the limit) under EXPLAIN
+// ANALYZE in a transaction it rolls back, and returns the plan.
+func explainClaim(t *testing.T, s *Store, p store.ControlClaimPendingParams) planNode {
+	t.Helper()
+	ctx := context.Background()
+	q, args := s.claimPendingQuery(p)
 	tx, err := s.pool.Begin(ctx)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
-	// The generic plan, as a prepared statement ends up with: it knows
-	// neither the biller nor the limit.
+	defer func() { _ = tx.Rollback(context.Background()) }()
 	_, err = tx.Exec(ctx, "SET LOCAL plan_cache_mode = force_generic_plan")
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, "PREPARE claim_pending AS "+q, pgx.QueryExecModeSimpleProtocol)
@@ -165,18 +186,60 @@ func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 		append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...).Scan(&js))
 	var doc []struct{ Plan planNode }
 	require.NoError(t, json.Unmarshal([]byte(js), &doc))
-	var reads int
+	return doc[0].Plan
+}
+
+// TestClaimPendingProbesEachCandidatesRecordOnce: a claim reads each
+// candidate's control record once, in the candidate scan, and looks up
+// again only the candidates that have one (a New record, to lock it);
+// the others go to the insert without a second look. Of 400 source rows,
+// 10 with New records, a claim of 300 probes the key 400 + 2 × 10 times
+// (the lock and the update of the ten; the statement before also probed
+// each of its 300 candidates twice more), and moves the 10 and inserts 290.
+func TestClaimPendingProbesEachCandidatesRecordOnce(t *testing.T) {
+	testDSN(t)
+	t.Parallel()
+	ctx := context.Background()
+	s := openFresh(t, storetest.Sources())
+	created := time.Now().Add(-time.Minute).UTC()
+	demo := make([]store.DemoItem, 400)
+	for i := range demo {
+		typ := items.Payment
+		if i%3 == 2 {
+			typ = items.Paperless
+		}
+		demo[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "a@example.com", CreatedAt: created.Add(time.Duration(i) * time.Microsecond)}
+	}
+	require.NoError(t, s.DemoSchemaCreate(ctx))
+	keys, err := s.DemoItemsInsert(ctx, demo)
+	require.NoError(t, err)
+	for _, k := range keys[:10] {
+		_, err := s.pool.Exec(ctx, `INSERT INTO datapump_control (item_type, item_id, biller_id, status) VALUES ($1, $2, 'b1', 'New')`, k.ItemType, k.ItemID)
+		require.NoError(t, err)
+	}
+
+	plan := explainClaim(t, s, store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
+	probes := 0
 	var walk func(n planNode)
 	walk = func(n planNode) {
-		if n.CTE == "ins" || n.CTE == "upd" || n.CTE == "claimed" {
-			reads++
-			require.Equal(t, 1, n.Loops, "the claim reads CTE %s %d times", n.CTE, n.Loops)
+		if n.Type == "Index Scan" && n.Index == "datapump_control_pkey" {
+			probes += n.Loops
 		}
 		for _, c := range n.Plans {
 			walk(c)
 		}
 	}
-	walk(doc[0].Plan)
-	require.Positive(t, reads, "the plan reads the claim's results")
-	require.Equal(t, 300, doc[0].Plan.Rows, "the claim returns its 300 items")
+	walk(plan)
+	require.Equal(t, 420, probes, "every source row once, and the ten with a record twice more, to lock and to update them")
+	require.Equal(t, 300, plan.Rows, "the claim returns its 300 items")
+
+	// The same claim for real (the plan's ran in a transaction rolled back).
+	claimed, err := s.ControlClaimPending(ctx, store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
+	require.NoError(t, err)
+	require.Len(t, claimed, 300)
+	versions := map[int64]int{}
+	for _, c := range claimed {
+		versions[c.Version]++
+	}
+	require.Equal(t, map[int64]int{2: 10, 1: 290}, versions, "the ten New records moved to Fetched, 290 records inserted")
 }
