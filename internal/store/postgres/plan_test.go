@@ -131,20 +131,7 @@ func TestControlKeyLeadsWithItemID(t *testing.T) {
 func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 	testDSN(t)
 	t.Parallel()
-	ctx := context.Background()
-	s := openFresh(t, storetest.Sources())
-	created := time.Now().Add(-time.Minute).UTC()
-	demo := make([]store.DemoItem, 400)
-	for i := range demo {
-		typ := items.Payment
-		if i%3 == 2 {
-			typ = items.Paperless
-		}
-		demo[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "a@example.com", CreatedAt: created.Add(time.Duration(i) * time.Microsecond)}
-	}
-	require.NoError(t, s.DemoSchemaCreate(ctx))
-	_, err := s.DemoItemsInsert(ctx, demo)
-	require.NoError(t, err)
+	s, created, _ := claimCandidates(t)
 
 	plan := explainClaim(t, s, store.ControlClaimPendingParams{BillerID: "b1", CutoverAt: created.Add(-time.Hour), Limit: 300, Owner: "w"})
 	var reads int
@@ -161,6 +148,29 @@ func TestClaimPendingReadsItsResultsOnce(t *testing.T) {
 	walk(plan)
 	require.Positive(t, reads, "the plan reads the claim's results")
 	require.Equal(t, 300, plan.Rows, "the claim returns its 300 items")
+}
+
+// claimCandidates opens a fresh store with 400 pending source rows of
+// biller b1 (every third a paperless registration, the rest payments),
+// created a minute ago a microsecond apart, and returns it, their first
+// created-at and their keys.
+func claimCandidates(t *testing.T) (*Store, time.Time, []store.ItemKey) {
+	t.Helper()
+	ctx := context.Background()
+	s := openFresh(t, storetest.Sources())
+	created := time.Now().Add(-time.Minute).UTC()
+	demo := make([]store.DemoItem, 400)
+	for i := range demo {
+		typ := items.Payment
+		if i%3 == 2 {
+			typ = items.Paperless
+		}
+		demo[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "a@example.com", CreatedAt: created.Add(time.Duration(i) * time.Microsecond)}
+	}
+	require.NoError(t, s.DemoSchemaCreate(ctx))
+	keys, err := s.DemoItemsInsert(ctx, demo)
+	require.NoError(t, err)
+	return s, created, keys
 }
 
 // explainClaim runs a claim's generic plan (as a prepared statement ends
@@ -200,19 +210,7 @@ func TestClaimPendingProbesEachCandidatesRecordOnce(t *testing.T) {
 	testDSN(t)
 	t.Parallel()
 	ctx := context.Background()
-	s := openFresh(t, storetest.Sources())
-	created := time.Now().Add(-time.Minute).UTC()
-	demo := make([]store.DemoItem, 400)
-	for i := range demo {
-		typ := items.Payment
-		if i%3 == 2 {
-			typ = items.Paperless
-		}
-		demo[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "a@example.com", CreatedAt: created.Add(time.Duration(i) * time.Microsecond)}
-	}
-	require.NoError(t, s.DemoSchemaCreate(ctx))
-	keys, err := s.DemoItemsInsert(ctx, demo)
-	require.NoError(t, err)
+	s, created, keys := claimCandidates(t)
 	for _, k := range keys[:10] {
 		_, err := s.pool.Exec(ctx, `INSERT INTO datapump_control (item_type, item_id, biller_id, status) VALUES ($1, $2, 'b1', 'New')`, k.ItemType, k.ItemID)
 		require.NoError(t, err)
