@@ -195,13 +195,13 @@ func (noEvents) MessageDeadLettered(string, string)    {}
 func (noEvents) DuplicatesDropped(string, int)         {}
 func (noEvents) PublisherRound(bool, error)            {}
 
-// billerCache reads billers through the catalog at most once per ttl, so
-// every replica honours a toggle change within ttl (one publisher interval).
-// Callers that miss the same biller at once share one read.
 // billerReadTimeout bounds one shared catalog read of a biller; a handler
 // waiting on it gives up sooner if its own context ends.
 const billerReadTimeout = 10 * time.Second
 
+// billerCache reads billers through the catalog at most once per ttl, so
+// every replica honours a toggle change within ttl (one publisher interval).
+// Callers that miss the same biller at once share one read.
 type billerCache struct {
 	cat   catalog.Catalog
 	ttl   time.Duration
