@@ -20,6 +20,16 @@ func pendingCondition(src source, alias string, itemTypeParam int) string {
 		itemTypeParam, alias, src.key)
 }
 
+// pendingRecord is pendingCondition as a join, for a statement that also
+// needs to know whether a pending row has a (New) record: a lateral probe
+// of the key per source row (OFFSET 0, as above) exposing the record's
+// status as r.status (NULL: no record), and the condition on it.
+func pendingRecord(src source, alias string, itemTypeParam int) (join, cond string) {
+	join = fmt.Sprintf(`LEFT JOIN LATERAL (SELECT c.status FROM datapump_control c WHERE c.item_type = $%d AND c.item_id = %s.%s OFFSET 0) r ON true`,
+		itemTypeParam, alias, src.key)
+	return join, `(r.status IS NULL OR r.status = 'New')`
+}
+
 // billerArrays splits billers into the arrays of ids and cut-overs the
 // queries unnest, each biller once.
 func billerArrays(in []store.BillerCutover) ([]string, []time.Time) {
@@ -265,17 +275,18 @@ func (s *Store) claimPendingQuery(p store.ControlClaimPendingParams) (string, []
 			args = append(args, src.TypeValue)
 			filter = src.typeFilter("s", len(args))
 		}
+		join, pending := pendingRecord(src, "s", typeParam)
 		parts = append(parts, fmt.Sprintf(`(
 			SELECT $%[1]d::text AS item_type, s.%[2]s::bigint AS item_id, s.%[3]s::text AS biller_id, s.%[4]s::timestamptz AS created_at,
 				r.status IS NOT NULL AS has_record
 			FROM %[5]s s
-			LEFT JOIN LATERAL (SELECT c.status FROM datapump_control c WHERE c.item_type = $%[1]d AND c.item_id = s.%[2]s OFFSET 0) r ON true
+			%[7]s
 			WHERE s.%[3]s = $1 AND s.%[4]s >= greatest($2::timestamptz, $5::timestamptz,
 				(SELECT w.low_created_at FROM datapump_watermark w WHERE w.biller_id = $1 AND w.item_type = $%[1]d AND w.cutover_at <= $2))%[6]s
-			  AND (r.status IS NULL OR r.status = 'New')
+			  AND %[8]s
 			ORDER BY s.%[4]s, s.%[2]s
 			LIMIT $3)`,
-			typeParam, src.key, src.biller, src.createdAt, src.table, filter))
+			typeParam, src.key, src.biller, src.createdAt, src.table, filter, join, pending))
 	}
 	q := `
 		WITH cand AS (
