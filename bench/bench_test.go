@@ -93,6 +93,17 @@ func TestRunPumpPostgresDeliversEveryItemOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 120, res.Delivered)
 	require.Zero(t, res.Duplicates)
+	requireCPU(t, res.CPU)
+}
+
+// requireCPU: a timed phase reports where its CPU went (these tests run
+// on Linux, where /proc can be read).
+func requireCPU(t *testing.T, c *bench.CPU) {
+	t.Helper()
+	require.NotNil(t, c)
+	require.Positive(t, c.ProcessS, "the phase ran in this process")
+	require.InDelta(t, c.ProcessS+c.PostgresS+c.NATSS, c.TotalS, 1e-9)
+	require.Positive(t, c.Busy)
 }
 
 func TestRunRiverDeliversEveryJobOnce(t *testing.T) {
@@ -102,6 +113,7 @@ func TestRunRiverDeliversEveryJobOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 120, res.Delivered)
 	require.Zero(t, res.Duplicates)
+	requireCPU(t, res.CPU)
 }
 
 func TestRunCeilingProcessesEveryItem(t *testing.T) {
@@ -109,6 +121,7 @@ func TestRunCeilingProcessesEveryItem(t *testing.T) {
 	res, err := bench.RunCeiling(context.Background(), postgresOptions(t))
 	require.NoError(t, err)
 	require.Equal(t, 120, res.Processed)
+	requireCPU(t, res.CPU)
 }
 
 func TestRunPollingTimesEachHistory(t *testing.T) {
@@ -148,6 +161,7 @@ func TestRunScalingDeliversEveryItemOnceWithEachProcessCount(t *testing.T) {
 		require.Equal(t, processes[i], p.Processes)
 		require.Equal(t, 150, p.Delivered, "processes %d", p.Processes)
 		require.Zero(t, p.Duplicates, "processes %d", p.Processes)
+		requireCPU(t, p.CPU)
 	}
 	require.Equal(t, 1, res.BaseProcesses)
 }

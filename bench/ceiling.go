@@ -29,6 +29,8 @@ type CeilingResult struct {
 	Workers   int     `json:"workers"`
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
+	// CPU is what the timed phase used (nil where it cannot be read).
+	CPU *CPU `json:"cpu,omitempty"`
 }
 
 // Ceiling sizes: the pump's own batch sizes (pumpConfig, which the pump
@@ -87,6 +89,7 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 	queue := make(chan batch, 4*ceilingWorkers)
 	var processed atomic.Int64
 	bar := newBar(opts.Progress, opts.Items, "ceiling: processed")
+	cpu := startCPU()
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	var claimers sync.WaitGroup
@@ -140,6 +143,7 @@ func RunCeiling(ctx context.Context, opts Options) (CeilingResult, error) {
 		return res, fmt.Errorf("ceiling: %w", err)
 	}
 	elapsed := time.Since(start)
+	res.CPU = cpu.stop(elapsed)
 	if bar != nil {
 		bar.Finish() //nolint:errcheck // display only
 	}

@@ -134,6 +134,8 @@ type Throughput struct {
 	// ElapsedS is from the jobs' start to the last delivery.
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
+	// CPU is what the same span used (nil where it cannot be read).
+	CPU *CPU `json:"cpu,omitempty"`
 	// start is when the jobs started.
 	start time.Time
 }
@@ -380,6 +382,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 		return Throughput{}, err
 	}
 	bar := newBar(r.opts.Progress, r.total, desc)
+	cpu := startCPU()
 	start := time.Now()
 	if err := runner.Start(ctx); err != nil {
 		return Throughput{}, err
@@ -396,6 +399,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 		return Throughput{}, fmt.Errorf("%w (%d of %d delivered)", err, r.mock.Stats().UniqueAccepted, r.total)
 	}
 	elapsed := time.Since(start)
+	used := cpu.stop(elapsed)
 	select {
 	case <-ctx.Done():
 	case <-time.After(2 * r.cfg.Publisher.Interval):
@@ -405,7 +409,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 	return Throughput{
 		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates, Resends: stats.Resends,
 		ElapsedS: elapsed.Seconds(), ItemsPerS: float64(stats.UniqueAccepted) / elapsed.Seconds(),
-		start: start,
+		CPU: used, start: start,
 	}, nil
 }
 

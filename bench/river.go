@@ -62,6 +62,8 @@ type RiverResult struct {
 	Workers    int         `json:"workers"`
 	ElapsedS   float64     `json:"elapsed_s"`
 	JobsPerS   float64     `json:"jobs_per_s"`
+	// CPU is what the timed phase used (nil where it cannot be read).
+	CPU *CPU `json:"cpu,omitempty"`
 	// InsertToCIS is from the job's insert to the CIS accepting it.
 	InsertToCIS Latency `json:"insert_to_cis"`
 }
@@ -245,12 +247,14 @@ func RunRiver(ctx context.Context, opts Options, tuning RiverTuning) (RiverResul
 	}
 
 	bar := newBar(opts.Progress, opts.Items, "river: delivered to CIS")
+	cpu := startCPU()
 	start := time.Now()
 	if err := rc.Start(ctx); err != nil {
 		return res, fmt.Errorf("river start: %w", err)
 	}
 	waitErr := waitDelivered(ctx, bar, opts.Items, func() int { return mock.Stats().UniqueAccepted })
 	elapsed := time.Since(start)
+	res.CPU = cpu.stop(elapsed)
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer stopCancel()
 	if err := rc.Stop(stopCtx); err != nil {

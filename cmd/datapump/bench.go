@@ -192,6 +192,7 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates, %d of them resends within one CIS call)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates, r.Resends)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	printCPU(tw, r.CPU)
 	if f := r.Front; f != nil {
 		fmt.Fprintf(tw, "  last item Queued\tafter %.2f s, %d delivered by then\n", f.AllQueuedS, f.DeliveredBefore)
 		fmt.Fprintf(tw, "  item consumers alone\t%.0f items/s from then on\n", f.AfterItemsPerS)
@@ -217,6 +218,7 @@ func printRiverResult(w io.Writer, r bench.RiverResult) {
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates)\n", r.Delivered, r.Jobs, r.Duplicates)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f jobs/s\n", r.JobsPerS)
+	printCPU(tw, r.CPU)
 	fmt.Fprintf(tw, "  insert→CIS\tp50 %.1f ms\tp95 %.1f ms\tp99 %.1f ms\n", r.InsertToCIS.P50ms, r.InsertToCIS.P95ms, r.InsertToCIS.P99ms)
 	tw.Flush()
 }
@@ -227,6 +229,15 @@ func orRiverDefault(d time.Duration) string {
 		return "default"
 	}
 	return d.String()
+}
+
+// printCPU prints where a timed phase's CPU went, if it could be read.
+func printCPU(w io.Writer, c *bench.CPU) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(w, "  CPU used\t%.1f s: benchmark processes %.1f s, PostgreSQL %.1f s, NATS server %.1f s (%.0f %% of all cores)\n",
+		c.TotalS, c.ProcessS, c.PostgresS, c.NATSS, 100*c.Busy)
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -251,6 +262,7 @@ func printCeilingResult(w io.Writer, r bench.CeilingResult) {
 	fmt.Fprintf(tw, "  processed\t%d of %d\n", r.Processed, r.Items)
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
+	printCPU(tw, r.CPU)
 	tw.Flush()
 }
 
@@ -386,9 +398,13 @@ func scalingDuplicates(res bench.ScalingResult) error {
 
 func printScalingResult(w io.Writer, r bench.ScalingResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "processes\tconns/shard each\tdelivered\tduplicates (resends)\telapsed\tthroughput\tspeed-up over %d\n", r.BaseProcesses)
+	fmt.Fprintf(tw, "processes\tconns/shard each\tdelivered\tduplicates (resends)\telapsed\tthroughput\tspeed-up over %d\tCPU (benchmark/PostgreSQL/NATS)\n", r.BaseProcesses)
 	for _, p := range r.Points {
-		fmt.Fprintf(tw, "%d\t%d\t%d of %d\t%d (%d)\t%.2f s\t%.0f items/s\t%.2f×\n", p.Processes, p.ShardConns, p.Delivered, p.Items, p.Duplicates, p.Resends, p.ElapsedS, p.ItemsPerS, p.SpeedUp)
+		cpu := "-"
+		if c := p.CPU; c != nil {
+			cpu = fmt.Sprintf("%.1f s (%.1f/%.1f/%.1f)", c.TotalS, c.ProcessS, c.PostgresS, c.NATSS)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d of %d\t%d (%d)\t%.2f s\t%.0f items/s\t%.2f×\t%s\n", p.Processes, p.ShardConns, p.Delivered, p.Items, p.Duplicates, p.Resends, p.ElapsedS, p.ItemsPerS, p.SpeedUp, cpu)
 	}
 	tw.Flush()
 }

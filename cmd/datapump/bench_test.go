@@ -23,6 +23,29 @@ func TestPrintPumpResultSaysWhereTheFrontEnded(t *testing.T) {
 	require.Regexp(t, `item consumers alone +12203 items/s from then on`, out.String())
 }
 
+// TestPrintedResultsSayWhereTheCPUWent: each timed phase's table says
+// what its CPU was spent on, when it could be read, and nothing when not.
+func TestPrintedResultsSayWhereTheCPUWent(t *testing.T) {
+	t.Parallel()
+	cpu := &bench.CPU{ProcessS: 16.4, PostgresS: 13.4, NATSS: 3.4, TotalS: 33.2, Busy: 0.96}
+	line := `CPU used +33\.2 s: benchmark processes 16\.4 s, PostgreSQL 13\.4 s, NATS server 3\.4 s \(96 % of all cores\)`
+	var out bytes.Buffer
+	printPumpResult(&out, bench.PumpResult{Throughput: bench.Throughput{CPU: cpu}})
+	require.Regexp(t, line, out.String())
+	out.Reset()
+	printRiverResult(&out, bench.RiverResult{CPU: cpu})
+	require.Regexp(t, line, out.String())
+	out.Reset()
+	printCeilingResult(&out, bench.CeilingResult{CPU: cpu})
+	require.Regexp(t, line, out.String())
+	out.Reset()
+	printCeilingResult(&out, bench.CeilingResult{})
+	require.NotContains(t, out.String(), "CPU used")
+	out.Reset()
+	printScalingResult(&out, bench.ScalingResult{Points: []bench.ScalingPoint{{Processes: 1, Throughput: bench.Throughput{CPU: cpu}}, {Processes: 2}}})
+	require.Regexp(t, `\n1 .*33\.2 s \(16\.4/13\.4/3\.4\)\n2 .* -\n`, out.String())
+}
+
 // TestScalingDuplicatesNameTheKeptLogs: a scaling run without duplicates
 // passes; one with them fails, counting them and naming where the logs of
 // the points that had them were kept.
