@@ -295,4 +295,30 @@ type RiverRatio struct {
 	Ratio                float64 `json:"ratio"`
 	RiverDefaultJobsPerS float64 `json:"river_default_jobs_per_s"`
 	RatioVsRiverDefaults float64 `json:"ratio_vs_river_defaults"`
+	// CeilingItemsPerS and RiverCeilingRatio are there when the same run
+	// measured the raw SQL ceiling too (--river --ceiling): River tuned's
+	// share of the ceiling the pump's share is held to.
+	CeilingItemsPerS  float64 `json:"sql_ceiling_items_per_s,omitempty"`
+	RiverCeilingRatio float64 `json:"river_ceiling_ratio,omitempty"`
+}
+
+// NewRiverRatio compares the pump's rate with River's two runs and, when
+// ceiling is positive, River tuned's with the ceiling.
+func NewRiverRatio(pumpItemsPerS float64, defaults, tuned RiverResult, ceiling float64) RiverRatio {
+	r := RiverRatio{
+		PumpItemsPerS: pumpItemsPerS, RiverJobsPerS: tuned.JobsPerS, Ratio: Ratio(pumpItemsPerS, tuned.JobsPerS),
+		RiverDefaultJobsPerS: defaults.JobsPerS, RatioVsRiverDefaults: Ratio(pumpItemsPerS, defaults.JobsPerS),
+	}
+	if ceiling > 0 {
+		r.CeilingItemsPerS, r.RiverCeilingRatio = ceiling, Ratio(tuned.JobsPerS, ceiling)
+	}
+	return r
+}
+
+// Ratio is a over b, or 0 when b is 0 (a run that measured nothing).
+func Ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }

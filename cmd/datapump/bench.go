@@ -126,13 +126,15 @@ process, as a table and as a final JSON line.`,
 			if res.Duplicates > 0 {
 				return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", res.Duplicates, res.Resends)
 			}
+			var ceiling float64
 			if withCeiling {
 				cr, err := bench.RunCeiling(cmd.Context(), opts)
 				if err != nil {
 					return err
 				}
 				printCeilingResult(env.stdout, cr)
-				if err := printJSON(env.stdout, bench.CeilingRatio{PumpItemsPerS: res.ItemsPerS, CeilingItemsPerS: cr.ItemsPerS, Ratio: ratio(res.ItemsPerS, cr.ItemsPerS)}); err != nil {
+				ceiling = cr.ItemsPerS
+				if err := printJSON(env.stdout, bench.CeilingRatio{PumpItemsPerS: res.ItemsPerS, CeilingItemsPerS: cr.ItemsPerS, Ratio: bench.Ratio(res.ItemsPerS, cr.ItemsPerS)}); err != nil {
 					return err
 				}
 			}
@@ -149,10 +151,7 @@ process, as a table and as a final JSON line.`,
 				return err
 			}
 			printRiverResult(env.stdout, tuned)
-			return printJSON(env.stdout, bench.RiverRatio{
-				PumpItemsPerS: res.ItemsPerS, RiverJobsPerS: tuned.JobsPerS, Ratio: ratio(res.ItemsPerS, tuned.JobsPerS),
-				RiverDefaultJobsPerS: defaults.JobsPerS, RatioVsRiverDefaults: ratio(res.ItemsPerS, defaults.JobsPerS),
-			})
+			return printJSON(env.stdout, bench.NewRiverRatio(res.ItemsPerS, defaults, tuned, ceiling))
 		},
 	}
 	f := cmd.Flags()
@@ -249,13 +248,6 @@ func printJSON(w io.Writer, v any) error {
 	return nil
 }
 
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
-}
-
 func printCeilingResult(w io.Writer, r bench.CeilingResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "raw SQL ceiling (postgres, claims of %d, item batches of %d, %d in flight)\t\n", r.ClaimSize, r.ItemBatch, r.Workers)
@@ -339,7 +331,7 @@ func runFairness(cmd *cobra.Command, w io.Writer, opts bench.Options, bigItems i
 	}
 	printPumpResult(w, withBig)
 	a, b := alone.SmallBillersInsertToCIS.P99ms, withBig.SmallBillersInsertToCIS.P99ms
-	return printJSON(w, bench.FairnessRatio{SmallP99Alone: a, SmallP99WithBig: b, Ratio: ratio(b, a), Duplicates: alone.Duplicates + withBig.Duplicates})
+	return printJSON(w, bench.FairnessRatio{SmallP99Alone: a, SmallP99WithBig: b, Ratio: bench.Ratio(b, a), Duplicates: alone.Duplicates + withBig.Duplicates})
 }
 
 // runScaling runs the pump once per count of item consumer processes, on
