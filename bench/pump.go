@@ -131,6 +131,12 @@ type Throughput struct {
 	Delivered  int `json:"delivered"`
 	Duplicates int `json:"duplicates"`
 	Resends    int `json:"resends"`
+	// DuplicateAfterMinMs and DuplicateAfterMaxMs are the shortest and
+	// longest time from an item's first acceptance to a duplicate of it
+	// (mockcis.Stats): resends no sooner than the CIS client's timeout
+	// were answers that came too late for the attempt that sent them.
+	DuplicateAfterMinMs float64 `json:"duplicate_after_min_ms,omitempty"`
+	DuplicateAfterMaxMs float64 `json:"duplicate_after_max_ms,omitempty"`
 	// ElapsedS is from the jobs' start to the last delivery.
 	ElapsedS  float64 `json:"elapsed_s"`
 	ItemsPerS float64 `json:"items_per_s"`
@@ -408,6 +414,7 @@ func (r *pumpRun) run(ctx context.Context, jobs []string, desc string) (Throughp
 	stats := r.mock.Stats()
 	return Throughput{
 		Delivered: stats.UniqueAccepted, Duplicates: stats.Duplicates, Resends: stats.Resends,
+		DuplicateAfterMinMs: stats.DuplicateAfterMinMs, DuplicateAfterMaxMs: stats.DuplicateAfterMaxMs,
 		ElapsedS: elapsed.Seconds(), ItemsPerS: float64(stats.UniqueAccepted) / elapsed.Seconds(),
 		CPU: used, start: start,
 	}, nil

@@ -189,6 +189,9 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 		fmt.Fprintf(tw, "pump (%s, all items written first, publisher interval %g ms)\t\n", r.Backend, r.IntervalMs)
 	}
 	fmt.Fprintf(tw, "  delivered\t%d of %d (%d duplicates, %d of them resends within one CIS call)\n", r.Delivered, r.Items+r.BigBillerItems, r.Duplicates, r.Resends)
+	if r.Duplicates > 0 {
+		fmt.Fprintf(tw, "  duplicates came\t%s\n", duplicateAfter(r.Throughput))
+	}
 	fmt.Fprintf(tw, "  elapsed\t%.2f s\n", r.ElapsedS)
 	fmt.Fprintf(tw, "  throughput\t%.0f items/s\n", r.ItemsPerS)
 	printCPU(tw, r.CPU)
@@ -373,19 +376,28 @@ func runScaling(cmd *cobra.Command, w io.Writer, opts bench.Options, processes [
 // saying where the logs of the points that had one were kept.
 func scalingDuplicates(res bench.ScalingResult) error {
 	duplicates, resends := 0, 0
-	var kept []string
+	var kept, when []string
 	for _, p := range res.Points {
 		duplicates += p.Duplicates
 		resends += p.Resends
 		if p.LogsKept != "" {
 			kept = append(kept, p.LogsKept)
 		}
+		if p.Duplicates > 0 {
+			when = append(when, fmt.Sprintf("%d processes: %s", p.Processes, duplicateAfter(p.Throughput)))
+		}
 	}
 	if duplicates == 0 {
 		return nil
 	}
-	return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call); the item consumer processes' logs are kept in %s",
-		duplicates, resends, strings.Join(kept, ", "))
+	return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call; %s); the item consumer processes' logs are kept in %s",
+		duplicates, resends, strings.Join(when, "; "), strings.Join(kept, ", "))
+}
+
+// duplicateAfter says how long after their item's first acceptance a
+// run's duplicates came.
+func duplicateAfter(t bench.Throughput) string {
+	return fmt.Sprintf("%.0f to %.0f ms after the item's first acceptance", t.DuplicateAfterMinMs, t.DuplicateAfterMaxMs)
 }
 
 func printScalingResult(w io.Writer, r bench.ScalingResult) {

@@ -58,8 +58,25 @@ func TestScalingDuplicatesNameTheKeptLogs(t *testing.T) {
 	require.NoError(t, scalingDuplicates(res))
 
 	res.Points[1].Duplicates, res.Points[1].Resends, res.Points[1].LogsKept = 5, 3, "/tmp/datapump-bench-1"
-	res.Points = append(res.Points, bench.ScalingPoint{Processes: 4, Throughput: bench.Throughput{Duplicates: 2}, LogsKept: "/tmp/datapump-bench-2"})
+	res.Points[1].DuplicateAfterMinMs, res.Points[1].DuplicateAfterMaxMs = 2013, 4420
+	res.Points = append(res.Points, bench.ScalingPoint{Processes: 4, Throughput: bench.Throughput{Duplicates: 2, DuplicateAfterMinMs: 2500, DuplicateAfterMaxMs: 2600}, LogsKept: "/tmp/datapump-bench-2"})
 	err := scalingDuplicates(res)
-	require.EqualError(t, err, "bench: the CIS saw 7 duplicates (3 of them resends within one CIS call); "+
+	require.EqualError(t, err, "bench: the CIS saw 7 duplicates (3 of them resends within one CIS call; "+
+		"2 processes: 2013 to 4420 ms after the item's first acceptance; 4 processes: 2500 to 2600 ms after the item's first acceptance); "+
 		"the item consumer processes' logs are kept in /tmp/datapump-bench-1, /tmp/datapump-bench-2")
+}
+
+// TestPrintPumpResultSaysWhenDuplicatesCame: a run with duplicates says
+// how long after their item's first acceptance they came; one without
+// says nothing of it.
+func TestPrintPumpResultSaysWhenDuplicatesCame(t *testing.T) {
+	t.Parallel()
+	r := bench.PumpResult{Throughput: bench.Throughput{Delivered: 100}}
+	var out bytes.Buffer
+	printPumpResult(&out, r)
+	require.NotContains(t, out.String(), "duplicates came")
+	r.Duplicates, r.Resends, r.DuplicateAfterMinMs, r.DuplicateAfterMaxMs = 3, 2, 2104, 2231
+	out.Reset()
+	printPumpResult(&out, r)
+	require.Regexp(t, `duplicates came +2104 to 2231 ms after the item's first acceptance`, out.String())
 }

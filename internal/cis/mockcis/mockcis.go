@@ -100,6 +100,13 @@ type Stats struct {
 	// was lost or came too late, and the client sent it again. The rest are
 	// second deliveries of an item.
 	Resends int `json:"resends"`
+	// DuplicateAfterMinMs and DuplicateAfterMaxMs are the shortest and the
+	// longest time from a key's first acceptance to an accepted duplicate
+	// of it (0 with no duplicates): a resend that comes no sooner than the
+	// client's timeout after the acceptance was an answer that came too
+	// late for it.
+	DuplicateAfterMinMs float64 `json:"duplicateAfterMinMs,omitempty"`
+	DuplicateAfterMaxMs float64 `json:"duplicateAfterMaxMs,omitempty"`
 	// TokensIssued is the number of OAuth2 tokens /oauth/token handed out.
 	TokensIssued int `json:"tokensIssued"`
 }
@@ -369,8 +376,13 @@ func (s *Server) decide(r *http.Request, key, biller string, body []byte, tooLar
 	switch {
 	case status >= 200 && status < 300:
 		s.stats.Accepted++
-		if _, seen := s.accepted[key]; seen {
+		if first, seen := s.accepted[key]; seen {
 			s.stats.Duplicates++
+			after := float64(now.Sub(first).Microseconds()) / 1000
+			if s.stats.Duplicates == 1 || after < s.stats.DuplicateAfterMinMs {
+				s.stats.DuplicateAfterMinMs = after
+			}
+			s.stats.DuplicateAfterMaxMs = max(s.stats.DuplicateAfterMaxMs, after)
 			if n, err := strconv.Atoi(r.Header.Get(cis.AttemptHeader)); err == nil && n > 1 {
 				s.stats.Resends++
 			}

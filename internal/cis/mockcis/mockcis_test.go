@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,6 +252,33 @@ func TestResendsAreTheDuplicatesOfALaterAttempt(t *testing.T) {
 	send("k2", "")  // second delivery
 	send("k2", "x") // unreadable attempt: counted as a second delivery
 	require.Equal(t, mockcis.Stats{Requests: 6, Accepted: 6, UniqueAccepted: 2, Duplicates: 4, Resends: 1}, m.Stats())
+}
+
+// TestDuplicatesSayHowLongAfterTheFirstAcceptanceTheyCame: the stats
+// keep the shortest and longest time from a key's first acceptance to a
+// duplicate of it, over every key.
+func TestDuplicatesSayHowLongAfterTheFirstAcceptanceTheyCame(t *testing.T) {
+	t.Parallel()
+	var at atomic.Int64 // since epoch, set before each request
+	m := mockcis.New(mockcis.Options{Clock: func() time.Time { return epoch.Add(time.Duration(at.Load())) }})
+	srv := httptest.NewServer(m)
+	t.Cleanup(srv.Close)
+	send := func(key string, after time.Duration) {
+		at.Store(int64(after))
+		a, err := deliver(t, http.DefaultClient, srv.URL, "/payments", key, `{"billerId":"b1"}`, nil)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, a.status)
+	}
+	send("k1", 0)
+	send("k2", time.Second)
+	require.Zero(t, m.Stats().DuplicateAfterMinMs, "no duplicate yet")
+	send("k1", 2500*time.Millisecond) // 2.5 s after k1's acceptance
+	send("k2", 1200*time.Millisecond) // 0.2 s after k2's
+	send("k1", 4*time.Second)         // 4 s after k1's
+	st := m.Stats()
+	require.Equal(t, 3, st.Duplicates)
+	require.Equal(t, 200.0, st.DuplicateAfterMinMs)
+	require.Equal(t, 4000.0, st.DuplicateAfterMaxMs)
 }
 
 func TestTimeoutFaultAcceptsWhenClientGivesUp(t *testing.T) {
