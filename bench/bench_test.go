@@ -33,6 +33,7 @@ func TestRunPumpEmbeddedDeliversEveryItemOnce(t *testing.T) {
 	require.Less(t, res.Front.AllQueuedS, res.ElapsedS)
 	require.Less(t, res.Front.DeliveredBefore, 150)
 	require.Positive(t, res.Front.AfterItemsPerS)
+	require.Nil(t, res.SmallBillersCreatedToQueued, "without a big biller there are no small billers to split out")
 }
 
 // TestRunPumpWithIntervalCISLatencyAndInsertRate: the settings a latency
@@ -146,6 +147,10 @@ func TestRunPumpWithBigBillerDeliversEveryItemOnce(t *testing.T) {
 	require.Equal(t, 150, res.Delivered)
 	require.Zero(t, res.Duplicates)
 	require.Positive(t, res.SmallBillersInsertToCIS.P99ms)
+	require.NotNil(t, res.SmallBillersCreatedToQueued, "a run with a big biller splits the small billers' stages")
+	require.NotNil(t, res.SmallBillersQueuedToProcessed)
+	require.Positive(t, res.SmallBillersCreatedToQueued.P99ms)
+	require.Positive(t, res.SmallBillersQueuedToProcessed.P99ms)
 }
 
 func TestRunScalingDeliversEveryItemOnceWithEachProcessCount(t *testing.T) {

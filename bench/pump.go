@@ -172,6 +172,11 @@ type PumpResult struct {
 	CreatedToQueued Latency `json:"created_to_queued"`
 	// QueuedToProcessed is from queued_at to processed_at.
 	QueuedToProcessed Latency `json:"queued_to_processed"`
+	// SmallBillersCreatedToQueued and SmallBillersQueuedToProcessed are
+	// the two stages of the small billers' items, in a run with a big
+	// biller: where the big one's backlog held them up.
+	SmallBillersCreatedToQueued   *Latency `json:"small_billers_created_to_queued,omitempty"`
+	SmallBillersQueuedToProcessed *Latency `json:"small_billers_queued_to_processed,omitempty"`
 	// Front is how the run split between the front of the pipeline and
 	// the item consumers on their own (a backlog run only).
 	Front *Front `json:"front,omitempty"`
@@ -217,18 +222,25 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		}
 	}
 	res.InsertToCIS, res.SmallBillersInsertToCIS = summarize(e2e), summarize(small)
-	var queued, processed []time.Duration
+	var queued, processed, smallQueued, smallProcessed []time.Duration
 	for name, st := range r.app.Shards {
 		cs, err := st.ControlList(context.Background(), store.ControlListParams{Statuses: []store.Status{store.StatusProcessed}, Limit: r.total + 1})
 		if err != nil {
 			return res, fmt.Errorf("read control records of %s: %w", name, err)
 		}
 		for _, c := range cs {
+			small := r.bigID != "" && c.BillerID != r.bigID
 			if !c.SourceCreatedAt.IsZero() && !c.QueuedAt.IsZero() {
 				queued = append(queued, c.QueuedAt.Sub(c.SourceCreatedAt))
+				if small {
+					smallQueued = append(smallQueued, c.QueuedAt.Sub(c.SourceCreatedAt))
+				}
 			}
 			if !c.QueuedAt.IsZero() && !c.ProcessedAt.IsZero() {
 				processed = append(processed, c.ProcessedAt.Sub(c.QueuedAt))
+				if small {
+					smallProcessed = append(smallProcessed, c.ProcessedAt.Sub(c.QueuedAt))
+				}
 			}
 			if !c.QueuedAt.IsZero() {
 				queuedAt = append(queuedAt, c.QueuedAt)
@@ -236,6 +248,10 @@ func RunPump(ctx context.Context, opts Options) (PumpResult, error) {
 		}
 	}
 	res.CreatedToQueued, res.QueuedToProcessed = summarize(queued), summarize(processed)
+	if r.bigID != "" {
+		q, p := summarize(smallQueued), summarize(smallProcessed)
+		res.SmallBillersCreatedToQueued, res.SmallBillersQueuedToProcessed = &q, &p
+	}
 	if opts.InsertRate == 0 {
 		res.Front = splitAtFront(res.start, res.ElapsedS, queuedAt, acceptedAt)
 	}

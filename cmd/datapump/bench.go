@@ -200,17 +200,24 @@ func printPumpResult(w io.Writer, r bench.PumpResult) {
 		fmt.Fprintf(tw, "  item consumers alone\t%.0f items/s from then on\n", f.AfterItemsPerS)
 	}
 	fmt.Fprintf(tw, "  latency\tp50\tp95\tp99\n")
+	var rows []latencyRow
 	if r.BigBillerItems > 0 {
-		l := r.SmallBillersInsertToCIS
-		fmt.Fprintf(tw, "  insert→CIS, small billers\t%.1f ms\t%.1f ms\t%.1f ms\n", l.P50ms, l.P95ms, l.P99ms)
+		rows = append(rows, latencyRow{"insert→CIS, small billers", r.SmallBillersInsertToCIS})
 	}
-	for _, row := range []struct {
-		name string
-		l    bench.Latency
-	}{{"insert→CIS", r.InsertToCIS}, {"created→Queued", r.CreatedToQueued}, {"Queued→Processed", r.QueuedToProcessed}} {
+	rows = append(rows, latencyRow{"insert→CIS", r.InsertToCIS}, latencyRow{"created→Queued", r.CreatedToQueued}, latencyRow{"Queued→Processed", r.QueuedToProcessed})
+	if q, p := r.SmallBillersCreatedToQueued, r.SmallBillersQueuedToProcessed; q != nil && p != nil {
+		rows = append(rows, latencyRow{"created→Queued, small billers", *q}, latencyRow{"Queued→Processed, small billers", *p})
+	}
+	for _, row := range rows {
 		fmt.Fprintf(tw, "  %s\t%.1f ms\t%.1f ms\t%.1f ms\n", row.name, row.l.P50ms, row.l.P95ms, row.l.P99ms)
 	}
 	tw.Flush()
+}
+
+// latencyRow is one line of a run's latency table.
+type latencyRow struct {
+	name string
+	l    bench.Latency
 }
 
 func printRiverResult(w io.Writer, r bench.RiverResult) {

@@ -66,6 +66,23 @@ func TestScalingDuplicatesNameTheKeptLogs(t *testing.T) {
 		"the item consumer processes' logs are kept in /tmp/datapump-bench-1, /tmp/datapump-bench-2")
 }
 
+// TestPrintPumpResultSplitsTheSmallBillersStages: a run with a big
+// biller prints the small billers' insert→CIS and both of their stages.
+func TestPrintPumpResultSplitsTheSmallBillersStages(t *testing.T) {
+	t.Parallel()
+	r := bench.PumpResult{BigBillerItems: 50000, SmallBillersInsertToCIS: bench.Latency{P99ms: 2500}}
+	var out bytes.Buffer
+	printPumpResult(&out, r)
+	require.Regexp(t, `insert→CIS, small billers +0\.0 ms +0\.0 ms +2500\.0 ms`, out.String())
+	require.NotContains(t, out.String(), "created→Queued, small billers", "no split was measured")
+	r.SmallBillersCreatedToQueued = &bench.Latency{P50ms: 900, P95ms: 1500, P99ms: 1700}
+	r.SmallBillersQueuedToProcessed = &bench.Latency{P50ms: 60, P95ms: 700, P99ms: 900}
+	out.Reset()
+	printPumpResult(&out, r)
+	require.Regexp(t, `created→Queued, small billers +900\.0 ms +1500\.0 ms +1700\.0 ms`, out.String())
+	require.Regexp(t, `Queued→Processed, small billers +60\.0 ms +700\.0 ms +900\.0 ms`, out.String())
+}
+
 // TestPrintPumpResultSaysWhenDuplicatesCame: a run with duplicates says
 // how long after their item's first acceptance they came; one without
 // says nothing of it.
