@@ -27,6 +27,7 @@ const (
 func benchCmd(env *cliEnv) *cobra.Command {
 	opts := bench.DefaultOptions()
 	var quick, withRiver, withCeiling, polling, verbose bool
+	repeat := 1
 	histories := []int{10000, 1000000}
 	var cpuProfile, memProfile string
 	var fairness bool
@@ -47,6 +48,10 @@ topic prefix), all removed afterwards.
 
 --quick runs the pump on PostgreSQL and River on the same PostgreSQL with a
 small number of items, and ends with the ratio as one JSON line.
+
+--repeat N, with --river or --ceiling, runs the pump and its anchors N
+times in turn and ends with every run's ratios and their medians as one
+JSON line: on a shared machine one run's ratio moves with the machine.
 
 --scaling runs the pump once per --processes count on PostgreSQL: the
 publisher and the biller consumer in this process, the item consumers in
@@ -104,54 +109,38 @@ process, as a table and as a final JSON line.`,
 				printPollingResult(env.stdout, pr)
 				return printJSON(env.stdout, pr)
 			}
+			if repeat < 1 {
+				return badInput("--repeat must be at least 1")
+			}
+			if repeat > 1 && !withRiver && !withCeiling {
+				return badInput("--repeat needs --river or --ceiling: it repeats a run with its anchors")
+			}
+			if repeat > 1 && (cpuProfile != "" || memProfile != "") {
+				return badInput("--repeat: profile one run at a time (--cpuprofile, --memprofile)")
+			}
 			fmt.Fprintf(env.stdout, "datapump bench: %d items, %d billers, %d shards, backend %s, concurrency %d\n",
 				opts.Items, opts.Billers, opts.Shards, opts.Backend, opts.Concurrency)
-			stopProfile, err := startProfiles(cpuProfile, memProfile)
-			if err != nil {
-				return err
-			}
-			res, err := bench.RunPump(cmd.Context(), opts)
-			if perr := stopProfile(); perr != nil && err == nil {
-				err = perr
-			}
-			if err != nil {
-				return err
-			}
-			printPumpResult(env.stdout, res)
-			line, err := json.Marshal(res)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(env.stdout, string(line))
-			if res.Duplicates > 0 {
-				return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", res.Duplicates, res.Resends)
-			}
-			var ceiling float64
-			if withCeiling {
-				cr, err := bench.RunCeiling(cmd.Context(), opts)
+			var rivers []bench.RiverRatio
+			var ceilings []bench.CeilingRatio
+			for i := range repeat {
+				if repeat > 1 {
+					fmt.Fprintf(env.stdout, "run %d of %d\n", i+1, repeat)
+				}
+				a, err := runAnchored(cmd, env.stdout, opts, anchors{river: withRiver, ceiling: withCeiling, cpuProfile: cpuProfile, memProfile: memProfile})
 				if err != nil {
 					return err
 				}
-				printCeilingResult(env.stdout, cr)
-				ceiling = cr.ItemsPerS
-				if err := printJSON(env.stdout, bench.CeilingRatio{PumpItemsPerS: res.ItemsPerS, CeilingItemsPerS: cr.ItemsPerS, Ratio: bench.Ratio(res.ItemsPerS, cr.ItemsPerS)}); err != nil {
-					return err
+				if a.river != nil {
+					rivers = append(rivers, *a.river)
+				}
+				if a.ceiling != nil {
+					ceilings = append(ceilings, *a.ceiling)
 				}
 			}
-			if !withRiver {
-				return nil
+			if repeat > 1 {
+				return printJSON(env.stdout, bench.NewRepeated(repeat, rivers, ceilings))
 			}
-			defaults, err := bench.RunRiver(cmd.Context(), opts, bench.RiverDefaults(opts))
-			if err != nil {
-				return err
-			}
-			printRiverResult(env.stdout, defaults)
-			tuned, err := bench.RunRiver(cmd.Context(), opts, bench.RiverTuned(opts))
-			if err != nil {
-				return err
-			}
-			printRiverResult(env.stdout, tuned)
-			return printJSON(env.stdout, bench.NewRiverRatio(res.ItemsPerS, defaults, tuned, ceiling))
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -168,6 +157,7 @@ process, as a table and as a final JSON line.`,
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a run after this long")
 	f.BoolVar(&withRiver, "river", false, "then run River on the same PostgreSQL with the same work, and end with the ratio as JSON")
 	f.BoolVar(&withCeiling, "ceiling", false, "then run the raw SQL ceiling on the same PostgreSQL and print pump/ceiling as JSON")
+	f.IntVar(&repeat, "repeat", repeat, "with --river or --ceiling: run the pump and its anchors this many times in turn, and end with each run's ratios and their medians as JSON")
 	f.BoolVar(&polling, "polling", false, "only time the pending scan and a biller claim with each --history size of processed records (PostgreSQL)")
 	f.IntSliceVar(&histories, "history", histories, "processed control records already in the shard, for --polling")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the pump run (not the anchors) to this file")
@@ -179,6 +169,73 @@ process, as a table and as a final JSON line.`,
 	f.BoolVar(&quick, "quick", false, "small run on PostgreSQL, pump and River, ending with the ratio as JSON")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log the jobs' work to stderr")
 	return cmd
+}
+
+// anchors says what runAnchored runs beside the pump, and where it
+// writes the pump run's profiles.
+type anchors struct {
+	river, ceiling         bool
+	cpuProfile, memProfile string
+}
+
+// anchorRatios is what one runAnchored measured against its anchors (nil
+// for an anchor it did not run).
+type anchorRatios struct {
+	river   *bench.RiverRatio
+	ceiling *bench.CeilingRatio
+}
+
+// runAnchored runs the pump, then the ceiling and River if asked, printing
+// each one's table and JSON line; the River ratio's line comes last.
+func runAnchored(cmd *cobra.Command, w io.Writer, opts bench.Options, with anchors) (anchorRatios, error) {
+	var out anchorRatios
+	stopProfile, err := startProfiles(with.cpuProfile, with.memProfile)
+	if err != nil {
+		return out, err
+	}
+	res, err := bench.RunPump(cmd.Context(), opts)
+	if perr := stopProfile(); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		return out, err
+	}
+	printPumpResult(w, res)
+	if err := printJSON(w, res); err != nil {
+		return out, err
+	}
+	if res.Duplicates > 0 {
+		return out, fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", res.Duplicates, res.Resends)
+	}
+	var ceiling float64
+	if with.ceiling {
+		cr, err := bench.RunCeiling(cmd.Context(), opts)
+		if err != nil {
+			return out, err
+		}
+		printCeilingResult(w, cr)
+		ceiling = cr.ItemsPerS
+		out.ceiling = &bench.CeilingRatio{PumpItemsPerS: res.ItemsPerS, CeilingItemsPerS: cr.ItemsPerS, Ratio: bench.Ratio(res.ItemsPerS, cr.ItemsPerS)}
+		if err := printJSON(w, out.ceiling); err != nil {
+			return out, err
+		}
+	}
+	if !with.river {
+		return out, nil
+	}
+	defaults, err := bench.RunRiver(cmd.Context(), opts, bench.RiverDefaults(opts))
+	if err != nil {
+		return out, err
+	}
+	printRiverResult(w, defaults)
+	tuned, err := bench.RunRiver(cmd.Context(), opts, bench.RiverTuned(opts))
+	if err != nil {
+		return out, err
+	}
+	printRiverResult(w, tuned)
+	rr := bench.NewRiverRatio(res.ItemsPerS, defaults, tuned, ceiling)
+	out.river = &rr
+	return out, printJSON(w, rr)
 }
 
 func printPumpResult(w io.Writer, r bench.PumpResult) {

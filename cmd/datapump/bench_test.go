@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -96,4 +99,27 @@ func TestPrintPumpResultSaysWhenDuplicatesCame(t *testing.T) {
 	out.Reset()
 	printPumpResult(&out, r)
 	require.Regexp(t, `duplicates came +2104 to 2231 ms after the item's first acceptance`, out.String())
+}
+
+// TestBenchRepeatEndsWithEveryRunsRatioAndTheirMedian: a repeated run
+// with the ceiling runs the pump and the ceiling that many times and its
+// last line gathers their ratios (PostgreSQL and NATS).
+func TestBenchRepeatEndsWithEveryRunsRatioAndTheirMedian(t *testing.T) {
+	t.Parallel()
+	dsn, natsURL := os.Getenv("DATAPUMP_TEST_POSTGRES_DSN"), os.Getenv("DATAPUMP_TEST_NATS_URL")
+	if dsn == "" || natsURL == "" {
+		t.Skip("set DATAPUMP_TEST_POSTGRES_DSN and DATAPUMP_TEST_NATS_URL to run")
+	}
+	code, out, errOut := runCLI(t, "bench", "--backend", "postgres", "--pg-dsn", dsn, "--nats-url", natsURL,
+		"--items", "120", "--billers", "4", "--concurrency", "8", "--ceiling", "--repeat", "2")
+	require.Equal(t, exitOK, code, errOut)
+	require.Equal(t, 2, strings.Count(out, "raw SQL ceiling ("), "two ceiling runs")
+	require.Contains(t, out, "run 2 of 2")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var last bench.Repeated
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &last))
+	require.Equal(t, 2, last.Runs)
+	require.Len(t, last.CeilingRatios, 2)
+	require.Positive(t, last.MedianCeilingRatio)
+	require.Empty(t, last.Ratios, "River did not run")
 }

@@ -88,6 +88,22 @@ log: {level: error}
 	require.JSONEq(t, "[]", strings.TrimSpace(out))
 }
 
+func TestBenchRepeatRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--repeat", "0", "--river"}, "--repeat must be at least 1"},
+		{[]string{"--repeat", "3"}, "--repeat needs --river or --ceiling"},
+		{[]string{"--repeat", "2", "--ceiling", "--cpuprofile", "cpu.pprof"}, "--repeat: profile one run at a time"},
+	} {
+		code, _, errOut := runCLI(t, append([]string{"bench"}, tc.args...)...)
+		require.Equal(t, exitBadInput, code, "%v: %s", tc.args, errOut)
+		require.Contains(t, errOut, tc.wantErr, tc.args)
+	}
+}
+
 func TestBenchScalingRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
