@@ -205,7 +205,7 @@ func runAnchored(cmd *cobra.Command, w io.Writer, opts bench.Options, with ancho
 		return out, err
 	}
 	if res.Duplicates > 0 {
-		return out, fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call)", res.Duplicates, res.Resends)
+		return out, fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call; %s)", res.Duplicates, res.Resends, duplicateAfter(res.Throughput))
 	}
 	var ceiling float64
 	if with.ceiling {
