@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -51,14 +53,6 @@ func readCPU() (cpuTimes, error) {
 	if err != nil {
 		return cpuTimes{}, err
 	}
-	self, err := fs.Self()
-	if err != nil {
-		return cpuTimes{}, err
-	}
-	selfStat, err := self.Stat()
-	if err != nil {
-		return cpuTimes{}, err
-	}
 	procs, err := fs.AllProcs()
 	if err != nil {
 		return cpuTimes{}, err
@@ -72,11 +66,18 @@ func readCPU() (cpuTimes, error) {
 		stats = append(stats, st)
 	}
 	t := sumCPU(stats)
-	t.process = selfStat.CPUTime() + childrenCPUTime(selfStat)
+	self, found := os.Getpid(), false
 	for _, st := range stats {
-		if st.PPID == selfStat.PID {
+		switch {
+		case st.PID == self:
+			t.process += st.CPUTime() + childrenCPUTime(st)
+			found = true
+		case st.PPID == self:
 			t.process += st.CPUTime()
 		}
+	}
+	if !found {
+		return cpuTimes{}, fmt.Errorf("read CPU time: this process (%d) is not in /proc", self)
 	}
 	return t, nil
 }
