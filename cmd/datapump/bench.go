@@ -205,7 +205,7 @@ func runAnchored(cmd *cobra.Command, w io.Writer, opts bench.Options, with ancho
 		return out, err
 	}
 	if res.Duplicates > 0 {
-		return out, fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call; %s)", res.Duplicates, res.Resends, duplicateAfter(res.Throughput))
+		return out, fmt.Errorf("bench: %s", duplicatesSeen(res.Duplicates, res.Resends, duplicateAfter(res.Throughput)))
 	}
 	var ceiling float64
 	if with.ceiling {
@@ -454,8 +454,14 @@ func scalingDuplicates(res bench.ScalingResult) error {
 	if duplicates == 0 {
 		return nil
 	}
-	return fmt.Errorf("bench: the CIS saw %d duplicates (%d of them resends within one CIS call; %s); the item consumer processes' logs are kept in %s",
-		duplicates, resends, strings.Join(when, "; "), strings.Join(kept, ", "))
+	return fmt.Errorf("bench: %s; the item consumer processes' logs are kept in %s",
+		duplicatesSeen(duplicates, resends, strings.Join(when, "; ")), strings.Join(kept, ", "))
+}
+
+// duplicatesSeen says how many duplicates the CIS saw, how many of them
+// were resends within one call, and when they came.
+func duplicatesSeen(duplicates, resends int, when string) string {
+	return fmt.Sprintf("the CIS saw %d duplicates (%d of them resends within one CIS call; %s)", duplicates, resends, when)
 }
 
 // duplicateAfter says how long after their item's first acceptance a
