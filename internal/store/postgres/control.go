@@ -128,8 +128,75 @@ func (s *Store) ControlGet(ctx context.Context, key store.ItemKey) (store.Contro
 	return c, nil
 }
 
+// The batch status updates (ControlMarkQueued, ControlClaimBatch,
+// ControlFinishBatch) each run a fast statement first: a probe of each key
+// without a lock (probeByKey) finds the records the statement's snapshot
+// shows in the expected state, and the update reaches each one by the
+// tuple the probe found (its ctid, a TID scan) instead of locking it and
+// then probing the key a second time. Locking first cost a lock record in
+// the WAL and a second visit of every tuple (bench/REPORT.md, eighth
+// pass). The update still takes each record's row lock in key order, the
+// order of k, so two statements cannot deadlock, and its conditions are
+// checked again on the latest version of a record that changed after the
+// snapshot. A record that changed in that window may be left out by the
+// TID scan's own recheck; the statement reports how many it found and how
+// many it moved, and those it found but did not move go through the
+// statement that locks first, which decides on the latest version. A
+// record the snapshot does not show in the expected state cannot be in it
+// later: versions only grow, and each caller's version was set with the
+// state it expects.
+
+// probeByKey is the body of a LATERAL subquery that reads cols of the
+// control record of the row k names, by primary key alone, without a lock
+// (OFFSET 0 as in lockByKey).
+func probeByKey(cols string) string {
+	return `SELECT ` + cols + ` FROM datapump_control c
+				WHERE c.item_type = k.item_type AND c.item_id = k.item_id OFFSET 0`
+}
+
+// markQueuedKeys is the CTE of the keys and fenced versions $1–$3 of
+// ControlMarkQueued, in key order.
+const markQueuedKeys = `
+		WITH k AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(item_type, item_id, version)
+			ORDER BY item_type, item_id
+		)`
+
+// markQueuedSet is the change Fetched → Queued of a record c.
+const markQueuedSet = `
+		SET status = 'Queued', version = c.version + 1, owner = '', queued_at = now(), updated_at = now()`
+
+// markQueuedSQL is ControlMarkQueued's fast statement: how many records it
+// found Fetched at their version, and how many of them it moved. (Which
+// ones it did not move would cost a comparison of every record found with
+// every one moved; they are rare enough to go through the fallback as a
+// batch.)
+var markQueuedSQL = markQueuedKeys + `, f AS MATERIALIZED (
+			SELECT c.ctid AS tid, c.version
+			FROM k CROSS JOIN LATERAL (` + probeByKey("c.ctid, c.version, c.status") + `) c
+			WHERE c.version = k.version AND c.status = 'Fetched'
+		), moved AS (
+			UPDATE datapump_control c` + markQueuedSet + `
+			FROM f
+			WHERE c.ctid = f.tid AND c.version = f.version AND ` + keyStatus("c") + ` = 'Fetched'
+			RETURNING 1
+		)
+		SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM moved)`
+
+// markQueuedLockedSQL locks each record first and moves those still
+// Fetched at their version: the fast statement's fallback.
+var markQueuedLockedSQL = markQueuedKeys + `, f AS (
+			SELECT c.item_type, c.item_id
+			FROM k CROSS JOIN LATERAL (` + lockByKey("FOR UPDATE") + `) c
+			WHERE c.version = k.version AND c.status = 'Fetched'
+		)
+		UPDATE datapump_control c` + markQueuedSet + `
+		FROM f
+		WHERE c.item_type = f.item_type AND c.item_id = f.item_id`
+
 // ControlMarkQueued moves each record Fetched → Queued if it is still
-// Fetched at the given version, in one statement, and returns how many moved.
+// Fetched at the given version, and returns how many moved: one statement,
+// and a second one only when a record changed while the first ran.
 func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (int, error) {
 	if len(items) == 0 {
 		return 0, nil
@@ -140,24 +207,20 @@ func (s *Store) ControlMarkQueued(ctx context.Context, items []store.Fenced) (in
 	for i, f := range items {
 		types[i], ids[i], versions[i] = f.ItemType, f.ItemID, f.Version
 	}
-	tag, err := s.pool.Exec(ctx, `
-		WITH k AS (
-			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(item_type, item_id, version)
-			ORDER BY item_type, item_id
-		), f AS (
-			SELECT c.item_type, c.item_id
-			FROM k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
-			WHERE c.version = k.version AND c.status = 'Fetched'
-		)
-		UPDATE datapump_control c
-		SET status = 'Queued', version = c.version + 1, owner = '', queued_at = now(), updated_at = now()
-		FROM f
-		WHERE c.item_type = f.item_type AND c.item_id = f.item_id`,
-		types, ids, versions)
-	if err != nil {
+	var found, moved int64
+	if err := s.pool.QueryRow(ctx, markQueuedSQL, types, ids, versions).Scan(&found, &moved); err != nil {
 		return 0, fmt.Errorf("mark queued: %w", err)
 	}
-	return int(tag.RowsAffected()), nil
+	if moved == found {
+		return int(moved), nil
+	}
+	// The records already moved are at their next version now: the
+	// fallback leaves them alone.
+	tag, err := s.pool.Exec(ctx, markQueuedLockedSQL, types, ids, versions)
+	if err != nil {
+		return int(moved), fmt.Errorf("mark queued: %w", err)
+	}
+	return int(moved + tag.RowsAffected()), nil
 }
 
 // claimAttempts bounds how often ControlClaimItem re-reads a record that
@@ -604,11 +667,48 @@ func (s *Store) ControlRetry(ctx context.Context, p store.ControlRetryParams) ([
 	return out, nil
 }
 
+// claimBatchSQL is ControlClaimBatch's statement ($1–$4: keys, owners,
+// leases in microseconds): each item's position, whether it was claimed,
+// the database clock and the record as it stands. An item named twice is
+// claimed for its first mention; the later one reads the record as it
+// was and goes through ControlClaimItem.
+var claimBatchSQL = `
+		WITH k AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) WITH ORDINALITY AS k(item_type, item_id, owner, lease, ord)
+		), first AS (
+			SELECT DISTINCT ON (item_type, item_id) * FROM k ORDER BY item_type, item_id, ord
+		), pick AS MATERIALIZED (
+			-- The key compared once more (the probe found it by key) is
+			-- for the planner: it counts the claimable records as few, as
+			-- it does the records found at a version, and so fetches each
+			-- one by its tuple below rather than scanning the whole table
+			-- for a handful when the table looks small.
+			SELECT c.ctid AS tid, c.version, k.owner, k.lease, k.ord
+			FROM first k CROSS JOIN LATERAL (` + probeByKey("c.ctid, c.item_id, c.version, c.status, c.next_attempt_at, c.lease_until") + `) c
+			WHERE ` + claimableCondition("c") + ` AND c.item_id = k.item_id
+		), upd AS (
+			UPDATE datapump_control c
+			SET status = 'Processing', version = c.version + 1, owner = pick.owner,
+				attempts = CASE WHEN c.status = 'Processing' THEN c.attempts + 1 ELSE c.attempts END,
+				lease_until = now() + pick.lease * interval '1 microsecond', next_attempt_at = NULL,
+				processing_at = now(), updated_at = now()
+			FROM pick
+			WHERE c.ctid = pick.tid AND c.version = pick.version AND ` + claimableCondition("c") + `
+			RETURNING pick.ord, ` + prefixed("c") + `
+		)
+		SELECT upd.ord, true, now(), ` + prefixed("upd") + ` FROM upd
+		UNION ALL
+		SELECT k.ord, false, now(), ` + prefixed("c") + `
+		FROM k CROSS JOIN LATERAL (` + probeByKey(controlColumns) + `) c
+		WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.ord = k.ord)`
+
 // ControlClaimBatch claims several items for processing with one
 // statement for the records that exist and are claimable, in key order so
-// overlapping batches cannot deadlock. An item the statement could not
-// settle — no record yet (a direct item to insert), or a record that
-// changed while the statement ran — goes through ControlClaimItem.
+// overlapping batches cannot deadlock; it finds them without a lock, as the
+// fast statements above do. An item the statement could not settle — no
+// record yet (a direct item to insert), or a record that changed while the
+// statement ran — goes through ControlClaimItem, which decides on the
+// latest version.
 func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimItemParams) ([]store.ItemClaimResult, error) {
 	out := make([]store.ItemClaimResult, len(ps))
 	if len(ps) == 0 {
@@ -635,32 +735,7 @@ func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimIt
 	if len(index) == 0 {
 		return out, nil
 	}
-	// An item named twice is claimed for its first mention; the later one
-	// reads the record as it was and goes through ControlClaimItem.
-	rows, err := s.pool.Query(ctx, `
-		WITH k AS (
-			SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) WITH ORDINALITY AS k(item_type, item_id, owner, lease, ord)
-		), first AS (
-			SELECT DISTINCT ON (item_type, item_id) * FROM k ORDER BY item_type, item_id, ord
-		), pick AS (
-			SELECT c.item_type, c.item_id, k.owner, k.lease, k.ord
-			FROM first k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
-			WHERE `+claimableCondition("c")+`
-		), upd AS (
-			UPDATE datapump_control c
-			SET status = 'Processing', version = c.version + 1, owner = pick.owner,
-				attempts = CASE WHEN c.status = 'Processing' THEN c.attempts + 1 ELSE c.attempts END,
-				lease_until = now() + pick.lease * interval '1 microsecond', next_attempt_at = NULL,
-				processing_at = now(), updated_at = now()
-			FROM pick
-			WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id
-			RETURNING pick.ord, `+prefixed("c")+`
-		)
-		SELECT upd.ord, true, now(), `+prefixed("upd")+` FROM upd
-		UNION ALL
-		SELECT k.ord, false, now(), `+prefixed("c")+`
-		FROM k JOIN datapump_control c ON c.item_type = k.item_type AND c.item_id = k.item_id
-		WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.ord = k.ord)`,
+	rows, err := s.pool.Query(ctx, claimBatchSQL,
 		types, ids, owners, leases)
 	if err != nil {
 		return nil, fmt.Errorf("claim items: %w", err)
@@ -698,14 +773,51 @@ func (s *Store) ControlClaimBatch(ctx context.Context, ps []store.ControlClaimIt
 	return out, nil
 }
 
-// ControlFinishBatch ends several Processing claims with one statement,
-// locking the records in key order; ok[i] is false when ps[i] no longer
-// held its claim.
-func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
-	ok := make([]bool, len(ps))
-	if len(ps) == 0 {
-		return ok, nil
-	}
+// finishNamed is the CTE f of ControlFinishBatch's claims ($1–$5: keys,
+// versions, statuses, errors), each named once, in key order.
+const finishNamed = `
+		WITH named AS (
+			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS f(item_type, item_id, version, status, error, ord)
+		), f AS (
+			-- A claim named twice is finished by its first mention, as one call after the other would.
+			SELECT DISTINCT ON (item_type, item_id, version) * FROM named ORDER BY item_type, item_id, version, ord
+		)`
+
+// finishSet ends the claim on record c as pick says.
+const finishSet = `
+		SET status = pick.status, version = c.version + 1, lease_until = NULL, updated_at = now(),
+			last_error = CASE WHEN pick.error <> '' THEN pick.error ELSE c.last_error END,
+			processed_at = CASE WHEN pick.status = 'Processed' THEN now() END,
+			failed_at = CASE WHEN pick.status = 'Failed' THEN now() END`
+
+// finishBatchSQL is ControlFinishBatch's fast statement: how many claims
+// it found still held, and the positions of those it ended.
+var finishBatchSQL = finishNamed + `, pick AS MATERIALIZED (
+			SELECT c.ctid AS tid, c.version, k.status, k.error, k.ord
+			FROM (SELECT * FROM f ORDER BY item_type, item_id) k CROSS JOIN LATERAL (` + probeByKey("c.ctid, c.version, c.status") + `) c
+			WHERE c.version = k.version AND c.status = 'Processing'
+		), done AS (
+			UPDATE datapump_control c` + finishSet + `
+			FROM pick
+			WHERE c.ctid = pick.tid AND c.version = pick.version AND ` + keyStatus("c") + ` = 'Processing'
+			RETURNING pick.ord
+		)
+		SELECT (SELECT count(*) FROM pick), coalesce((SELECT array_agg(ord) FROM done), '{}')`
+
+// finishBatchLockedSQL locks each record first and ends the claims still
+// held: the fast statement's fallback. It returns the claims it ended.
+var finishBatchLockedSQL = finishNamed + `, pick AS (
+			SELECT c.item_type, c.item_id, k.status, k.error, k.ord
+			FROM (SELECT * FROM f ORDER BY item_type, item_id) k CROSS JOIN LATERAL (` + lockByKey("FOR UPDATE") + `) c
+			WHERE c.version = k.version AND c.status = 'Processing'
+		)
+		UPDATE datapump_control c` + finishSet + `
+		FROM pick
+		WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id
+		RETURNING pick.ord`
+
+// finishArgs are the statement arguments of ControlFinishBatch's claims.
+func finishArgs(ps []store.ControlFinishParams) ([]any, error) {
 	types := make([]string, len(ps))
 	ids := make([]int64, len(ps))
 	versions := make([]int64, len(ps))
@@ -717,26 +829,50 @@ func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinish
 		}
 		types[i], ids[i], versions[i], statuses[i], errs[i] = p.ItemType, p.ItemID, p.Version, string(p.Status), p.Error
 	}
-	rows, err := s.pool.Query(ctx, `
-		WITH named AS (
-			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS f(item_type, item_id, version, status, error, ord)
-		), f AS (
-			-- A claim named twice is finished by its first mention, as one call after the other would.
-			SELECT DISTINCT ON (item_type, item_id, version) * FROM named ORDER BY item_type, item_id, version, ord
-		), pick AS (
-			SELECT c.item_type, c.item_id, k.status, k.error, k.ord
-			FROM (SELECT * FROM f ORDER BY item_type, item_id) k CROSS JOIN LATERAL (`+lockByKey("FOR UPDATE")+`) c
-			WHERE c.version = k.version AND c.status = 'Processing'
-		)
-		UPDATE datapump_control c
-		SET status = pick.status, version = c.version + 1, lease_until = NULL, updated_at = now(),
-			last_error = CASE WHEN pick.error <> '' THEN pick.error ELSE c.last_error END,
-			processed_at = CASE WHEN pick.status = 'Processed' THEN now() END,
-			failed_at = CASE WHEN pick.status = 'Failed' THEN now() END
-		FROM pick
-		WHERE c.item_type = pick.item_type AND c.item_id = pick.item_id
-		RETURNING pick.ord`,
-		types, ids, versions, statuses, errs)
+	return []any{types, ids, versions, statuses, errs}, nil
+}
+
+// ControlFinishBatch ends several Processing claims with one statement,
+// and a second one only for claims whose records changed while the first
+// ran; ok[i] is false when ps[i] no longer held its claim.
+func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinishParams) ([]bool, error) {
+	ok := make([]bool, len(ps))
+	if len(ps) == 0 {
+		return ok, nil
+	}
+	args, err := finishArgs(ps)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		held  int64
+		ended []int64
+	)
+	if err := s.pool.QueryRow(ctx, finishBatchSQL, args...).Scan(&held, &ended); err != nil {
+		return nil, fmt.Errorf("finish items: %w", err)
+	}
+	for _, o := range ended {
+		ok[o-1] = true
+	}
+	if int64(len(ended)) == held {
+		return ok, nil
+	}
+	// Those ended are at their next version now; the fallback gets the
+	// rest, and ends those it finds still held.
+	var again []int // positions in ps
+	for i := range ps {
+		if !ok[i] {
+			again = append(again, i)
+		}
+	}
+	retry := make([]store.ControlFinishParams, len(again))
+	for j, i := range again {
+		retry[j] = ps[i]
+	}
+	if args, err = finishArgs(retry); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, finishBatchLockedSQL, args...)
 	if err != nil {
 		return nil, fmt.Errorf("finish items: %w", err)
 	}
@@ -745,7 +881,7 @@ func (s *Store) ControlFinishBatch(ctx context.Context, ps []store.ControlFinish
 		return nil, fmt.Errorf("finish items: %w", err)
 	}
 	for _, o := range ords {
-		ok[o-1] = true
+		ok[again[o-1]] = true
 	}
 	return ok, nil
 }

@@ -36,16 +36,84 @@ func TestQueryPlansKeepOffTheHistory(t *testing.T) {
 		_, err := s.pool.Exec(ctx, q)
 		require.NoError(t, err)
 	}
+	scans := genericScans(t, s)
+	count := scans("count_open", countByStatusSQL(false), "'{"+strings.Join(statusOrder(), ",")+"}'")
+	require.Contains(t, strings.Join(count, " "), "Scan/datapump_control_open_biller_status_idx", "the backlog count reads the open records' index")
+	for _, scan := range count {
+		// A bitmap heap scan reads the rows the open records' index found.
+		require.True(t, strings.HasSuffix(scan, "/datapump_control_open_biller_status_idx") || scan == "Bitmap Heap Scan/",
+			"the backlog count reads the history: %v", count)
+	}
+
+	for _, st := range []struct{ name, sql, args string }{
+		{"claim_item", claimExistingSQL, "'paperless', 1, 'w', 1000"},
+		{"extend_lease", extendLeaseSQL, "'paperless', 2, 1, 1000"},
+		{"finish", finishSQL, "'paperless', 2, 1, 'Processed', ''"},
+		{"release", releaseSQL, "'paperless', 2, 1, 1000, 'x'"},
+		{"skip", skipSQL, "'paperless', 1, 'x'"},
+	} {
+		for _, scan := range scans(st.name, st.sql, st.args) {
+			require.Equal(t, "Index Scan/datapump_control_pkey", scan, "%s probes the primary key", st.name)
+		}
+	}
+	requireBatchPlansByKeyAndTuple(t, scans)
+
+	got, err := s.ControlCountByStatus(ctx, store.ControlCountParams{})
+	require.NoError(t, err)
+	require.Equal(t, []store.StatusCount{{BillerID: "b1", Status: store.StatusQueued, Count: 1}, {BillerID: "b2", Status: store.StatusProcessing, Count: 1}}, got)
+}
+
+// batchStatements are the batch status updates' statements, with
+// arguments naming the Queued record of TestQueryPlansKeepOffTheHistory.
+var batchStatements = []struct{ name, sql, args string }{
+	{"mark_queued", markQueuedSQL, "'{paperless}', '{1}', '{1}'"},
+	{"mark_queued_locked", markQueuedLockedSQL, "'{paperless}', '{1}', '{1}'"},
+	{"claim_batch", claimBatchSQL, "'{paperless}', '{1}', '{w}', '{1000}'"},
+	{"finish_batch", finishBatchSQL, "'{paperless}', '{2}', '{1}', '{Processed}', '{\"\"}'"},
+	{"finish_batch_locked", finishBatchLockedSQL, "'{paperless}', '{2}', '{1}', '{Processed}', '{\"\"}'"},
+}
+
+// requireBatchPlansByKeyAndTuple: every read of the control table in the
+// batch statements' generic plans probes the primary key or fetches a
+// tuple the statement found (a TID scan), never a scan of the table or of
+// a status index.
+func requireBatchPlansByKeyAndTuple(t *testing.T, scans func(name, q, args string) []string) {
+	t.Helper()
+	for _, st := range batchStatements {
+		got := scans(st.name, st.sql, st.args)
+		for _, scan := range got {
+			require.True(t, scan == "Index Scan/datapump_control_pkey" || scan == "Tid Scan/",
+				"%s reads the control table other than by key or by tuple: %v", st.name, got)
+		}
+		if !strings.HasSuffix(st.name, "_locked") {
+			require.Contains(t, got, "Tid Scan/", "%s updates the tuples it found", st.name)
+		}
+	}
+}
+
+// TestBatchPlansOnAnEmptyTable: made while the control table is empty (a
+// new shard, when a prepared statement's generic plan may be made and
+// cached), the batch statements' plans still reach each record by key or
+// by tuple, so they stay cheap as the table grows.
+func TestBatchPlansOnAnEmptyTable(t *testing.T) {
+	testDSN(t)
+	t.Parallel()
+	requireBatchPlansByKeyAndTuple(t, genericScans(t, openFresh(t, storetest.Sources())))
+}
+
+// genericScans returns a function that prepares a statement on one of
+// s's connections and returns its generic plan's scans of datapump_control
+// or of one of its indexes, as "node type/index name".
+func genericScans(t *testing.T, s *Store) func(name, q, args string) []string {
+	t.Helper()
+	ctx := context.Background()
 	conn, err := s.pool.Acquire(ctx)
 	require.NoError(t, err)
 	t.Cleanup(conn.Release)
 	_, err = conn.Exec(ctx, `SET plan_cache_mode = force_generic_plan`)
 	require.NoError(t, err)
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `RESET plan_cache_mode`) })
-
-	// scans returns the generic plan's scans of datapump_control or of one
-	// of its indexes, as "node type/index name".
-	scans := func(name, q, args string) []string {
+	return func(name, q, args string) []string {
 		t.Helper()
 		_, err := conn.Exec(ctx, "PREPARE "+name+" AS "+q, pgx.QueryExecModeSimpleProtocol)
 		require.NoError(t, err, "prepare %s", name)
@@ -67,30 +135,6 @@ func TestQueryPlansKeepOffTheHistory(t *testing.T) {
 		require.NotEmpty(t, out, "%s reads the control table", name)
 		return out
 	}
-
-	count := scans("count_open", countByStatusSQL(false), "'{"+strings.Join(statusOrder(), ",")+"}'")
-	require.Contains(t, strings.Join(count, " "), "Scan/datapump_control_open_biller_status_idx", "the backlog count reads the open records' index")
-	for _, scan := range count {
-		// A bitmap heap scan reads the rows the open records' index found.
-		require.True(t, strings.HasSuffix(scan, "/datapump_control_open_biller_status_idx") || scan == "Bitmap Heap Scan/",
-			"the backlog count reads the history: %v", count)
-	}
-
-	for _, st := range []struct{ name, sql, args string }{
-		{"claim_item", claimExistingSQL, "'paperless', 1, 'w', 1000"},
-		{"extend_lease", extendLeaseSQL, "'paperless', 2, 1, 1000"},
-		{"finish", finishSQL, "'paperless', 2, 1, 'Processed', ''"},
-		{"release", releaseSQL, "'paperless', 2, 1, 1000, 'x'"},
-		{"skip", skipSQL, "'paperless', 1, 'x'"},
-	} {
-		for _, scan := range scans(st.name, st.sql, st.args) {
-			require.Equal(t, "Index Scan/datapump_control_pkey", scan, "%s probes the primary key", st.name)
-		}
-	}
-
-	got, err := s.ControlCountByStatus(ctx, store.ControlCountParams{})
-	require.NoError(t, err)
-	require.Equal(t, []store.StatusCount{{BillerID: "b1", Status: store.StatusQueued, Count: 1}, {BillerID: "b2", Status: store.StatusProcessing, Count: 1}}, got)
 }
 
 // planNode is one node of EXPLAIN (FORMAT JSON); Loops and Rows are set
