@@ -136,9 +136,11 @@ func (s *Store) ControlGet(ctx context.Context, key store.ItemKey) (store.Contro
 // then probing the key a second time. Locking first cost a lock record in
 // the WAL and a second visit of every tuple (bench/REPORT.md, eighth
 // pass). The update still takes each record's row lock in key order, the
-// order of k, so two statements cannot deadlock, and its conditions are
-// checked again on the latest version of a record that changed after the
-// snapshot. A record that changed in that window may be left out by the
+// order of k, so two statements cannot deadlock: its plan is a nested loop
+// over the probe's results fetching each tuple (plan_test.go holds it on
+// an empty table and on history; the lock's lateral join made that order
+// certain, a plan makes it so). Its conditions are checked again on the
+// latest version of a record that changed after the snapshot. A record that changed in that window may be left out by the
 // TID scan's own recheck; the statement reports how many it found and how
 // many it moved, and those it found but did not move go through the
 // statement that locks first, which decides on the latest version. A
