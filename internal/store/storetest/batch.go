@@ -297,3 +297,129 @@ func testItemEnrichBatch(e *env) {
 	require.NoError(e.t, err)
 	require.Empty(e.t, empty)
 }
+
+// testBatchPipelineConcurrent runs the pump's three batch updates on the
+// same items at once: biller workers claim pending items and mark them
+// Queued, while item workers, given each item twice (a redelivery), claim
+// them in batches, from Fetched when the Queued update has not committed
+// yet, and finish what they acquired. No statement may fail (a deadlock
+// between two batches would), no item may be held by two workers, and
+// every item ends Processed, finished once.
+func testBatchPipelineConcurrent(e *env) {
+	const total, billerWorkers, itemWorkers, claimSize, batchSize = 240, 3, 6, 20, 12
+	rows := make([]store.DemoItem, total)
+	for i := range rows {
+		typ := items.Payment
+		if i%3 == 0 {
+			typ = items.Paperless
+		}
+		rows[i] = store.DemoItem{ItemType: typ, BillerID: "b1", AmountCents: 100, Email: "p@example.com"}
+	}
+	e.insert(rows...)
+
+	var (
+		mu       sync.Mutex
+		holder   = map[store.ItemKey]string{}
+		finished = map[store.ItemKey]int{}
+		problems []string
+		errs     = make(chan error, billerWorkers+itemWorkers)
+	)
+	published := make(chan store.ItemKey, 2*total)
+	var billers sync.WaitGroup
+	for w := range billerWorkers {
+		owner := fmt.Sprintf("biller-%d", w)
+		billers.Go(func() {
+			for {
+				claimed, err := e.s.ControlClaimPending(e.ctx, store.ControlClaimPendingParams{BillerID: "b1", Limit: claimSize, Owner: owner})
+				if err != nil {
+					errs <- fmt.Errorf("%s: claim pending: %w", owner, err)
+					return
+				}
+				if len(claimed) == 0 {
+					return
+				}
+				for _, c := range claimed {
+					published <- c.ItemKey
+					published <- c.ItemKey
+				}
+				if _, err := e.s.ControlMarkQueued(e.ctx, fenced(claimed)); err != nil {
+					errs <- fmt.Errorf("%s: mark queued: %w", owner, err)
+					return
+				}
+			}
+		})
+	}
+	go func() {
+		billers.Wait()
+		close(published)
+	}()
+
+	var workers sync.WaitGroup
+	for w := range itemWorkers {
+		owner := fmt.Sprintf("item-%d", w)
+		workers.Go(func() {
+			for key := range published {
+				ps := []store.ControlClaimItemParams{{Key: key, BillerID: "b1", Owner: owner, Lease: hour}}
+			more:
+				for len(ps) < batchSize {
+					select {
+					case k, ok := <-published:
+						if !ok {
+							break more
+						}
+						ps = append(ps, store.ControlClaimItemParams{Key: k, BillerID: "b1", Owner: owner, Lease: hour})
+					default:
+						break more
+					}
+				}
+				got, err := e.s.ControlClaimBatch(e.ctx, ps)
+				if err != nil {
+					errs <- fmt.Errorf("%s: claim batch: %w", owner, err)
+					return
+				}
+				var finish []store.ControlFinishParams
+				mu.Lock()
+				for i, g := range got {
+					if g.Err != nil {
+						problems = append(problems, fmt.Sprintf("%s: claim %s: %v", owner, ps[i].Key, g.Err))
+						continue
+					}
+					if g.Outcome != store.ClaimAcquired {
+						continue
+					}
+					if prev, held := holder[g.Control.ItemKey]; held {
+						problems = append(problems, fmt.Sprintf("%s acquired by %s and %s", g.Control.ItemKey, prev, owner))
+					}
+					holder[g.Control.ItemKey] = owner
+					finish = append(finish, store.ControlFinishParams{Fenced: store.Fenced{ItemKey: g.Control.ItemKey, Version: g.Control.Version}, Status: store.StatusProcessed})
+				}
+				mu.Unlock()
+				ok, err := e.s.ControlFinishBatch(e.ctx, finish)
+				if err != nil {
+					errs <- fmt.Errorf("%s: finish batch: %w", owner, err)
+					return
+				}
+				mu.Lock()
+				for i, done := range ok {
+					if done {
+						finished[finish[i].ItemKey]++
+					} else {
+						problems = append(problems, fmt.Sprintf("%s could not finish %s, which it held", owner, finish[i].ItemKey))
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	workers.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(e.t, err)
+	}
+	require.Empty(e.t, problems)
+	require.Len(e.t, finished, total, "every item was finished")
+	for k, n := range finished {
+		require.Equal(e.t, 1, n, "%s finished %d times", k, n)
+		require.Equal(e.t, store.StatusProcessed, e.get(k).Status, "%s", k)
+	}
+}

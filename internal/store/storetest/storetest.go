@@ -157,6 +157,7 @@ func Exercise(ctx context.Context, t *testing.T, f Features, newHarness func(t *
 		{"ClaimBatch/Outcomes", testClaimBatchOutcomes},
 		{"ClaimBatch/Concurrent", testClaimBatchConcurrent},
 		{"FinishBatch", testFinishBatch},
+		{"Batch/PipelineConcurrent", testBatchPipelineConcurrent},
 		{"ItemEnrichBatch", testItemEnrichBatch},
 		{"Fencing/LeaseTakeover", testFencingTakeover},
 		{"Fencing/StaleVersions", testStaleVersions},
